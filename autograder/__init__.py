@@ -1,0 +1,1 @@
+"""nbgrader configuration and the ``python -m autograder`` command line for the course."""

@@ -1,0 +1,155 @@
+"""Temporary nbgrader courses built from the source notebooks, and the nbgrader calls on them.
+
+Every command builds a fresh course folder so that nothing depends on an instructor's
+local nbgrader state:
+
+    <course>/nbgrader_config.py
+    <course>/source/<id>/<id>.ipynb      the source notebook (solutions + hidden tests)
+    <course>/source/<id>/helpers/        course infrastructure (no solutions)
+    <course>/source/<id>/minirlhf/       reference code of notebooks BEFORE <id> only
+
+``generate_assignment`` turns it into ``release/<id>/``; ``autograde`` restores every
+non-notebook file of ``source/<id>/`` into the graded copy, so a student cannot grade
+against a tampered ``helpers`` or ``minirlhf``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from helpers.export import export, source_notebooks
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDENT = "student"
+
+CONFIG_TEMPLATE = '''c = get_config()  # noqa: F821
+c.CourseDirectory.root = {root!r}
+c.CourseDirectory.db_url = "sqlite:///{root}/gradebook.db"
+c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback"]
+c.ClearSolutions.code_stub = {{"python": "# YOUR CODE HERE\\nraise NotImplementedError()"}}
+# nbgrader's default cell timeout (30 s) is kept on purpose: the course is built to grade under it.
+'''
+
+
+class GradingError(RuntimeError):
+    """nbgrader failed; the message carries its log."""
+
+
+def notebook_ids(root: Path = ROOT) -> list[str]:
+    return [nb_id for nb_id, _ in source_notebooks(root)]
+
+
+def check_assignment(assignment: str, root: Path = ROOT) -> Path:
+    ids = dict(source_notebooks(root))
+    if assignment not in ids:
+        raise SystemExit(f"unknown assignment {assignment!r}; the course has: {', '.join(ids) or 'none'}")
+    return ids[assignment]
+
+
+def nbgrader_env() -> dict[str, str]:
+    """The environment for nbgrader and its kernels: this interpreter's bin first on PATH.
+
+    The ``python3`` kernel spec runs ``python`` from PATH, so without this a kernel could
+    start in another interpreter that has no torch.
+    """
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.pop("NBGRADER_EXECUTION", None)  # nbgrader sets it itself while grading
+    env.setdefault("COURSE_NO_PROGRESS", "1")
+    env.setdefault("MPLBACKEND", "Agg")
+    return env
+
+
+def run_nbgrader(course: Path, *args: str) -> str:
+    cmd = [sys.executable, "-m", "nbgrader", *args, f"--CourseDirectory.root={course}"]
+    proc = subprocess.run(cmd, cwd=course, env=nbgrader_env(), capture_output=True, text=True)
+    log = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        raise GradingError(f"`nbgrader {' '.join(args)}` failed (exit {proc.returncode}):\n{log[-4000:]}")
+    return log
+
+
+def build_course(course: Path, assignments: list[str], root: Path = ROOT) -> Path:
+    """Lay out an nbgrader course for ``assignments`` in the (new or empty) folder ``course``."""
+    course.mkdir(parents=True, exist_ok=True)
+    (course / "nbgrader_config.py").write_text(CONFIG_TEMPLATE.format(root=str(course)), encoding="utf-8")
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints")
+    for nb_id in assignments:
+        src_nb = check_assignment(nb_id, root)
+        dest = course / "source" / nb_id
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copy(src_nb, dest / src_nb.name)
+        shutil.copytree(root / "helpers", dest / "helpers", ignore=ignore, dirs_exist_ok=True)
+        if any(earlier < nb_id for earlier in notebook_ids(root)):
+            export(root, dest, before=nb_id)
+    return course
+
+
+def generate_assignment(course: Path, assignment: str) -> Path:
+    run_nbgrader(course, "generate_assignment", assignment, "--force")
+    return course / "release" / assignment
+
+
+@dataclass
+class CellScore:
+    grade_id: str
+    score: float
+    max_score: float
+
+
+@dataclass
+class NotebookScore:
+    student: str
+    assignment: str
+    notebook: str
+    score: float
+    max_score: float
+    cells: list[CellScore] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {
+            "student": self.student,
+            "assignment": self.assignment,
+            "notebook": self.notebook,
+            "score": self.score,
+            "max_score": self.max_score,
+            "cells": [c.__dict__ for c in self.cells],
+        }
+
+
+def read_scores(course: Path, assignment: str, student: str) -> list[NotebookScore]:
+    from nbgrader.api import Gradebook
+
+    scores = []
+    with Gradebook(f"sqlite:///{course}/gradebook.db") as gb:
+        submission = gb.find_submission(assignment, student)
+        for nb in submission.notebooks:
+            cells = [
+                CellScore(g.cell.name, float(g.score), float(g.max_score))
+                for g in sorted(nb.grades, key=lambda g: g.cell.name)
+            ]
+            scores.append(NotebookScore(student, assignment, nb.name, float(nb.score), float(nb.max_score), cells))
+    return scores
+
+
+def submit(course: Path, assignment: str, student: str, notebook: Path) -> None:
+    dest = course / "submitted" / student / assignment
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(notebook, dest / f"{assignment}.ipynb")
+
+
+def autograde(course: Path, assignment: str, student: str | None = None) -> str:
+    args = ["autograde", assignment, "--create", "--force"]
+    if student:
+        args.append(f"--student={student}")
+    return run_nbgrader(course, *args)
+
+
+def generate_feedback(course: Path, assignment: str) -> Path:
+    run_nbgrader(course, "generate_feedback", assignment, "--force")
+    return course / "feedback"
