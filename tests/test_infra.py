@@ -1,0 +1,113 @@
+"""load_notebook, the exporter and the text authoring view, on small notebooks made here."""
+
+from __future__ import annotations
+
+import importlib
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from autograder.authoring import text_to_notebook, write_notebook
+from helpers import NotebookLoadError, load_notebook
+from helpers.export import export, module_name, refresh
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FIRST = '''# %% [markdown]
+# # A first notebook
+# %% [export]
+import math
+SCALE = 2
+# %% [solution] double
+def double(x: float) -> float:
+    """Return $2x$."""
+    ### BEGIN SOLUTION
+    return SCALE * x
+    ### END SOLUTION
+# %% [test] test_double points=1
+assert double(2) == 4
+### BEGIN HIDDEN TESTS
+assert double(3) == 6
+### END HIDDEN TESTS
+# %% [demo]
+raise RuntimeError("demo cells must not run when the notebook is loaded")
+'''
+
+SECOND = '''# %% [export]
+from minirlhf.first import double
+# %% [solution] quad
+def quad(x: float) -> float:
+    """Return $4x$."""
+    ### BEGIN SOLUTION
+    return double(double(x))
+    ### END SOLUTION
+# %% [test] test_quad points=1
+assert quad(1) == 4
+### BEGIN HIDDEN TESTS
+assert quad(2) == 8
+### END HIDDEN TESTS
+'''
+
+
+@pytest.fixture
+def course_root(tmp_path, monkeypatch):
+    for nb_id, text in (("01_first", FIRST), ("02_second", SECOND)):
+        write_notebook(text_to_notebook(text), tmp_path / "notebooks" / nb_id / f"{nb_id}.ipynb")
+    shutil.copytree(ROOT / "helpers", tmp_path / "helpers", ignore=shutil.ignore_patterns("__pycache__", "data"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for name in [m for m in sys.modules if m == "minirlhf" or m.startswith("minirlhf.")]:
+        del sys.modules[name]
+
+
+def test_load_notebook_runs_library_cells_only(course_root):
+    m = load_notebook(course_root / "notebooks/01_first/01_first.ipynb")
+    assert m.double(5) == 10 and m.SCALE == 2 and m.math.pi > 3
+
+
+def test_load_notebook_names_the_failing_cell(tmp_path):
+    bad = FIRST.replace("SCALE = 2", "SCALE = 1 / 0")
+    write_notebook(text_to_notebook(bad), tmp_path / "bad.ipynb")
+    with pytest.raises(NotebookLoadError, match=r"bad.ipynb, cell 1 \(export_1\).*ZeroDivisionError"):
+        load_notebook(tmp_path / "bad.ipynb")
+
+
+def test_load_notebook_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="notebook not found"):
+        load_notebook(tmp_path / "nope.ipynb")
+
+
+def test_export_slices_by_notebook_and_strips_markers(course_root, tmp_path):
+    written = export(course_root, tmp_path / "rel", before="02_second")
+    assert sorted(p.name for p in written) == ["__init__.py", "first.py"]
+    code = (tmp_path / "rel/minirlhf/first.py").read_text()
+    assert "BEGIN SOLUTION" not in code and "return SCALE * x" in code and "RuntimeError" not in code
+
+
+def test_later_notebook_imports_earlier_reference_code(course_root):
+    export(course_root)
+    m = load_notebook(course_root / "notebooks/02_second/02_second.ipynb")
+    assert m.quad(3) == 12
+
+
+def test_exports_refresh_when_a_notebook_changes(course_root):
+    export(course_root)
+    assert refresh(course_root) == []
+    path = course_root / "notebooks/01_first/01_first.ipynb"
+    write_notebook(text_to_notebook(FIRST.replace("SCALE = 2", "SCALE = 3")), path)
+    assert [p.name for p in refresh(course_root)] == ["first.py"]
+    mod = importlib.import_module("minirlhf.first")
+    assert mod.double(1) == 3
+
+
+def test_module_names():
+    assert module_name("06_gae") == "gae"
+    with pytest.raises(ValueError):
+        module_name("gae")
+
+
+def test_authoring_rejects_untitled_solution():
+    with pytest.raises(ValueError, match="grade id"):
+        text_to_notebook("# %% [solution]\ndef f(): pass\n")

@@ -1,0 +1,202 @@
+"""The nbgrader round trip, run by nbgrader itself, for every notebook that exists.
+
+One temporary course holds every assignment. For each one, the source notebook is
+submitted by student ``reference`` (must score full marks) and the unmodified release
+notebook by student ``blank`` (must score 0, grade without crashing, and show a
+NotImplementedError in its feedback). The release itself must carry no solution line,
+no hidden test, and nothing of notebook k (or later) in its exported modules.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autograder import course
+from helpers.notebook import (
+    BEGIN_HIDDEN,
+    BEGIN_SOLUTION,
+    END_HIDDEN,
+    END_SOLUTION,
+    cell_kind,
+    cell_source,
+    nbgrader_meta,
+    read_notebook,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+IDS = course.notebook_ids()
+STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
+ALLOWED_IMPORTS = {"torch", "math", "minirlhf", "__future__"}
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    crs = course.build_course(tmp_path_factory.mktemp("course"), IDS)
+    for nb_id in IDS:
+        course.generate_assignment(crs, nb_id)
+        course.submit(crs, nb_id, "reference", ROOT / "notebooks" / nb_id / f"{nb_id}.ipynb")
+        course.submit(crs, nb_id, "blank", crs / "release" / nb_id / f"{nb_id}.ipynb")
+        course.autograde(crs, nb_id)
+        course.generate_feedback(crs, nb_id)
+    return crs
+
+
+def split_marked(source: str, begin: str, end: str) -> tuple[str, str, str]:
+    """(before, inside, after) of the single marked region of a cell."""
+    lines = source.split("\n")
+    starts = [i for i, ln in enumerate(lines) if ln.strip() == begin]
+    ends = [i for i, ln in enumerate(lines) if ln.strip() == end]
+    assert len(starts) == 1 and len(ends) == 1 and starts[0] < ends[0], f"one {begin} ... {end} region expected"
+    s, e = starts[0], ends[0]
+    return "\n".join(lines[:s]), "\n".join(lines[s + 1 : e]), "\n".join(lines[e + 1 :])
+
+
+def secret_lines(nb: dict) -> set[str]:
+    """Distinctive lines that exist only inside solution or hidden-test regions."""
+    inside, outside = set(), set()
+    for cell in nb["cells"]:
+        src = cell_source(cell)
+        kind = cell_kind(cell)
+        marks = {"solution": (BEGIN_SOLUTION, END_SOLUTION), "test": (BEGIN_HIDDEN, END_HIDDEN)}.get(kind)
+        if marks and marks[0] in src:
+            before, secret, after = split_marked(src, *marks)
+            inside |= {ln.strip() for ln in secret.split("\n")}
+            outside |= {ln.strip() for ln in (before + "\n" + after).split("\n")}
+        else:
+            outside |= {ln.strip() for ln in src.split("\n")}
+    return {ln for ln in inside - outside if len(ln) >= 20 and not ln.startswith("#")}
+
+
+def scores(crs: Path, nb_id: str, student: str) -> course.NotebookScore:
+    (score,) = course.read_scores(crs, nb_id, student)
+    return score
+
+
+@pytest.mark.parametrize("nb_id", IDS)
+def test_source_notebook_scores_full_marks(graded, nb_id):
+    score = scores(graded, nb_id, "reference")
+    lost = [c for c in score.cells if c.score != c.max_score]
+    assert score.max_score > 0
+    assert not lost, f"reference solution lost points in {[c.grade_id for c in lost]}"
+
+
+@pytest.mark.parametrize("nb_id", IDS)
+def test_release_notebook_scores_zero_with_clear_feedback(graded, nb_id):
+    score = scores(graded, nb_id, "blank")
+    assert score.score == 0, f"an empty submission earned points: {[c for c in score.cells if c.score]}"
+    autograded = read_notebook(graded / "autograded" / "blank" / nb_id / f"{nb_id}.ipynb")
+    tests = [c for c in autograded["cells"] if cell_kind(c) == "test"]
+    for cell in tests:
+        errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+        assert errors, f"test cell {nbgrader_meta(cell)['grade_id']} of the blank release did not fail"
+        assert errors[0]["ename"] == "NotImplementedError", (
+            f"{nbgrader_meta(cell)['grade_id']}: expected NotImplementedError, got {errors[0]['ename']}"
+        )
+    html = (graded / "feedback" / "blank" / nb_id / f"{nb_id}.html").read_text(encoding="utf-8")
+    assert html.count("NotImplementedError") >= len(tests)
+
+
+@pytest.mark.parametrize("nb_id", IDS)
+def test_release_keeps_signature_and_docstring_only(graded, nb_id):
+    source = read_notebook(ROOT / "notebooks" / nb_id / f"{nb_id}.ipynb")
+    release = read_notebook(graded / "release" / nb_id / f"{nb_id}.ipynb")
+    src_cells = [c for c in source["cells"] if cell_kind(c) in ("solution", "test")]
+    rel_cells = [c for c in release["cells"] if cell_kind(c) in ("solution", "test")]
+    assert [nbgrader_meta(c)["grade_id"] for c in src_cells] == [nbgrader_meta(c)["grade_id"] for c in rel_cells]
+    for src, rel in zip(src_cells, rel_cells):
+        grade_id = nbgrader_meta(src)["grade_id"]
+        if cell_kind(src) == "solution":
+            before, _, after = split_marked(cell_source(src), BEGIN_SOLUTION, END_SOLUTION)
+            indent = cell_source(src).split(BEGIN_SOLUTION)[0].rsplit("\n", 1)[-1]
+            stub = "\n".join(indent + ln for ln in STUB.split("\n"))
+            expected = "\n".join(part for part in (before, stub, after) if part)
+            assert cell_source(rel).rstrip() == expected.rstrip(), f"{grade_id}: release differs beyond the stub"
+            tree = ast.parse(cell_source(rel))
+            defs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+            assert len(defs) == 1, f"{grade_id}: a solution cell holds exactly one graded function or class"
+            assert ast.get_docstring(defs[0]), f"{grade_id}: the graded function needs its docstring"
+        elif BEGIN_HIDDEN in cell_source(src):
+            visible, _, _ = split_marked(cell_source(src), BEGIN_HIDDEN, END_HIDDEN)
+            assert cell_source(rel).strip() == visible.strip(), f"{grade_id}: the released test cell differs"
+
+
+@pytest.mark.parametrize("nb_id", IDS)
+def test_release_leaks_no_solution_or_hidden_test(graded, nb_id):
+    folder = graded / "release" / nb_id
+    secrets = set()
+    for later in IDS:
+        if later >= nb_id:
+            secrets |= secret_lines(read_notebook(ROOT / "notebooks" / later / f"{later}.ipynb"))
+    assert secrets, "no solution lines found to look for"
+    shipped = sorted(p for p in folder.rglob("*") if p.is_file())
+    exported = {p.stem for p in (folder / "minirlhf").glob("*.py")} - {"__init__"}
+    from helpers.export import module_name
+
+    assert exported == {module_name(i) for i in IDS if i < nb_id}
+    for path in shipped:
+        text = path.read_text(encoding="utf-8", errors="ignore")
+        for marker in (BEGIN_SOLUTION, END_SOLUTION, BEGIN_HIDDEN, END_HIDDEN):
+            assert marker not in text, f"{path.relative_to(folder)} contains {marker!r}"
+        leaked = [ln for ln in secrets if ln in text]
+        assert not leaked, f"{path.relative_to(folder)} leaks solution/hidden-test lines: {leaked[:3]}"
+
+
+@pytest.mark.parametrize("nb_id", IDS)
+def test_student_facing_code_imports_only_torch_math_stdlib(nb_id):
+    nb = read_notebook(ROOT / "notebooks" / nb_id / f"{nb_id}.ipynb")
+    allowed = ALLOWED_IMPORTS | set(sys.stdlib_module_names)
+    for i, cell in enumerate(nb["cells"]):
+        if cell_kind(cell) not in ("solution", "export"):
+            continue
+        for node in ast.walk(ast.parse(cell_source(cell))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            else:
+                continue
+            bad = [n for n in names if n.split(".")[0] not in allowed]
+            assert not bad, f"{nb_id} cell {i} imports {bad}: library code may use torch, math, the stdlib only"
+
+
+def smallest_notebook() -> str:
+    return min(IDS, key=lambda i: (ROOT / "notebooks" / i / f"{i}.ipynb").stat().st_size)
+
+
+def test_grade_cli_prints_json_last_line(tmp_path):
+    """The CLI outside checkers call: `grade ASSIGNMENT NB --json`, JSON on the last stdout line."""
+    nb_id = smallest_notebook()
+    proc = subprocess.run(
+        [sys.executable, "-m", "autograder", "grade", nb_id, str(ROOT / "notebooks" / nb_id / f"{nb_id}.ipynb"),
+         "--json", "--feedback", str(tmp_path / "fb")],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["score"] == result["max_score"] > 0
+    assert Path(result["feedback"]).is_file()
+
+
+def test_grade_all_cli_writes_csv_and_feedback(graded, tmp_path):
+    nb_id = smallest_notebook()
+    subs = tmp_path / "submissions"
+    for student, nb in (("ada", ROOT / "notebooks" / nb_id / f"{nb_id}.ipynb"),
+                        ("bo", graded / "release" / nb_id / f"{nb_id}.ipynb")):
+        (subs / student / nb_id).mkdir(parents=True)
+        (subs / student / nb_id / f"{nb_id}.ipynb").write_bytes(nb.read_bytes())
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "autograder", "grade-all", str(subs), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = list(csv.DictReader((out / "grades.csv").open()))
+    by_student = {r["student"]: r for r in rows}
+    assert float(by_student["ada"]["score"]) == float(by_student["ada"]["max_score"]) > 0
+    assert float(by_student["bo"]["score"]) == 0
+    assert (out / "feedback" / "bo" / nb_id / f"{nb_id}.html").is_file()
