@@ -85,6 +85,10 @@ def text_to_notebook(text: str) -> dict[str, Any]:
                 parts[0], solution=False, grade=True, locked=True, points=float(opts.get("points", 1))
             )
         cells.append({"cell_type": "code", "execution_count": None, "metadata": metadata, "outputs": [], "source": src})
+    for i, cell in enumerate(cells):
+        # nbformat 4.5 wants a stable id per cell: the grade id where there is one.
+        grade_id = cell["metadata"].get("nbgrader", {}).get("grade_id")
+        cell["id"] = re.sub(r"[^A-Za-z0-9_-]", "-", grade_id or f"{cell['cell_type']}-{i}")[:64]
     return {
         "cells": cells,
         "metadata": {"kernelspec": KERNELSPEC, "language_info": {"name": "python"}},

@@ -77,6 +77,18 @@ def cmd_grade(args: argparse.Namespace) -> int:
     if not submission.is_file():
         raise SystemExit(f"submitted notebook not found: {submission}")
     course.check_assignment(args.assignment)
+    try:
+        return grade_one(args, submission)
+    except course.GradingError as exc:
+        if not args.json:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        # Outside checkers parse the last line: say what happened instead of printing nothing.
+        print(json.dumps({"assignment": args.assignment, "score": 0.0, "max_score": None, "error": str(exc)[-2000:]}))
+        return 1
+
+
+def grade_one(args: argparse.Namespace, submission: Path) -> int:
     with tempfile.TemporaryDirectory(prefix="rlhf-grade-") as tmp:
         crs = course.build_course(Path(tmp), [args.assignment])
         course.generate_assignment(crs, args.assignment)

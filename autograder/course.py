@@ -125,13 +125,17 @@ class NotebookScore:
 def read_scores(course: Path, assignment: str, student: str) -> list[NotebookScore]:
     from nbgrader.api import Gradebook
 
+    from helpers.notebook import nbgrader_meta, read_notebook
+
     scores = []
     with Gradebook(f"sqlite:///{course}/gradebook.db") as gb:
         submission = gb.find_submission(assignment, student)
         for nb in submission.notebooks:
+            source = read_notebook(course / "source" / assignment / f"{nb.name}.ipynb")
+            order = [nbgrader_meta(c).get("grade_id") for c in source["cells"]]
             cells = [
                 CellScore(g.cell.name, float(g.score), float(g.max_score))
-                for g in sorted(nb.grades, key=lambda g: g.cell.name)
+                for g in sorted(nb.grades, key=lambda g: order.index(g.cell.name) if g.cell.name in order else 1e9)
             ]
             scores.append(NotebookScore(student, assignment, nb.name, float(nb.score), float(nb.max_score), cells))
     return scores

@@ -1,0 +1,137 @@
+"""Run-time switches shared by the notebooks: grading mode, seeding, device, progress bars.
+
+Demo and training cells call :func:`is_grading` (or :func:`tiny_if_grading`) so that the
+autograder, which runs every cell of a notebook, only pays for a tiny configuration.
+
+Environment variables read here:
+
+``NBGRADER_EXECUTION``  set (non-empty) by nbgrader while it executes a notebook.
+``COURSE_DEVICE``       forces :func:`get_device` (``cpu``, ``cuda``, ``cuda:1``, ``mps``, ``auto``).
+``COURSE_NO_PROGRESS``  any value other than empty/``0``/``false``/``no`` turns progress bars off.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+_FALSE_WORDS = {"", "0", "false", "no", "off"}
+
+
+def is_grading() -> bool:
+    """True while nbgrader executes the notebook (env ``NBGRADER_EXECUTION`` is non-empty)."""
+    return bool(os.environ.get("NBGRADER_EXECUTION", ""))
+
+
+def tiny_if_grading(full: T, tiny: T) -> T:
+    """Return ``tiny`` under grading and ``full`` otherwise, e.g. ``steps = tiny_if_grading(500, 5)``."""
+    return tiny if is_grading() else full
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python's ``random``, torch (CPU and all GPUs) and numpy (if installed).
+
+    Returns a fresh CPU ``torch.Generator`` seeded with ``seed``; pass it explicitly
+    (``torch.randn(..., generator=g)``) where a result must not depend on what else drew
+    random numbers before.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__} ({seed!r})")
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    try:
+        import numpy as np
+    except ImportError:  # numpy is optional here
+        pass
+    else:
+        np.random.seed(seed % 2**32)  # numpy's legacy seed must fit in 32 bits
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    return generator
+
+
+def _cuda_device(name: str, source: str) -> torch.device:
+    if not torch.cuda.is_available():
+        raise RuntimeError(
+            f"{source} asks for device {name!r}, but CUDA is not available on this machine "
+            "(torch.cuda.is_available() is False). Use 'cpu' or 'auto'."
+        )
+    device = torch.device(name)
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise RuntimeError(
+            f"{source} asks for device {name!r}, but only {torch.cuda.device_count()} CUDA "
+            "device(s) are visible."
+        )
+    return device
+
+
+def get_device(prefer: str | torch.device | None = None) -> torch.device:
+    """The device to train on.
+
+    Default (``prefer=None`` or ``"auto"``): ``cuda`` if available, else ``cpu``. ``prefer`` may
+    name ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``. The environment variable
+    ``COURSE_DEVICE`` (same values) overrides ``prefer``. Unknown names raise ``ValueError``;
+    a named accelerator that is not available raises ``RuntimeError``.
+    """
+    env = os.environ.get("COURSE_DEVICE", "").strip()
+    if env:
+        choice, source = env, "COURSE_DEVICE"
+    elif prefer is not None:
+        choice, source = str(prefer), "get_device(prefer=...)"
+    else:
+        choice, source = "auto", "default"
+    name = choice.strip().lower()
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+        return _cuda_device(name, source)
+    if name == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise RuntimeError(f"{source} asks for device 'mps', but MPS is not available on this machine.")
+        return torch.device("mps")
+    raise ValueError(
+        f"unknown device {choice!r} (from {source}); expected one of 'auto', 'cpu', 'cuda', "
+        "'cuda:N', 'mps'"
+    )
+
+
+def progress_disabled() -> bool:
+    """True when progress bars are off: under grading or when ``COURSE_NO_PROGRESS`` is set."""
+    flag = os.environ.get("COURSE_NO_PROGRESS", "").strip().lower()
+    return is_grading() or flag not in _FALSE_WORDS
+
+
+def progress(iterable: Iterable[T] | None = None, **kwargs: Any) -> Any:
+    """A ``tqdm.auto`` progress bar (widget in Jupyter, text elsewhere).
+
+    Disabled (silent, zero output) under grading and when ``COURSE_NO_PROGRESS`` is set,
+    because tqdm writes to stderr and a test cell that writes to stderr scores 0.
+    Keyword arguments go to tqdm (``total=``, ``desc=``, ``unit=`` ...); ``disable=True``
+    is honoured as well. Without an iterable, use it as a manual bar (``bar.update(n)``).
+    """
+    from tqdm.auto import tqdm  # imported lazily: picks the notebook or console flavour
+
+    kwargs["disable"] = bool(kwargs.get("disable", False)) or progress_disabled()
+    return tqdm(iterable, **kwargs)
+
+
+__all__ = [
+    "get_device",
+    "is_grading",
+    "progress",
+    "progress_disabled",
+    "seed_everything",
+    "tiny_if_grading",
+]

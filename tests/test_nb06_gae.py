@@ -1,0 +1,475 @@
+"""Notebook 06 (GAE and the KL-shaped reward): the reference code against independent oracles.
+
+Oracles are plain Python loops over the masked positions of each row, closed forms
+(reward-to-go, exact expectations over a categorical) and torch.autograd.gradcheck.
+Random cases come from seeded generators (hypothesis is not installed), covering
+variable-length rows, left/right/both-sided padding, masks with holes, all-zero rows,
+one-token rows, float32 and float64.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import load_notebook
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOK = ROOT / "notebooks" / "06_gae" / "06_gae.ipynb"
+DTYPES = [torch.float32, torch.float64]
+TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float64: dict(atol=1e-10, rtol=1e-10)}
+
+
+@pytest.fixture(scope="module")
+def nb():
+    return load_notebook(NOTEBOOK)
+
+
+# ----------------------------------------------------------------------------- random cases
+
+
+def random_mask(gen: torch.Generator, B: int, T: int, kind: str) -> torch.Tensor:
+    """kind: 'right' / 'left' padded, 'any' (contiguous block anywhere, lengths 0..T) or 'holes'."""
+    if kind == "holes":
+        return torch.rand(B, T, generator=gen) < 0.6
+    mask = torch.zeros(B, T, dtype=torch.bool)
+    for b in range(B):
+        n = int(torch.randint(0, T + 1, (1,), generator=gen))
+        if kind == "right":
+            start = 0
+        elif kind == "left":
+            start = T - n
+        else:
+            start = int(torch.randint(0, T - n + 1, (1,), generator=gen))
+        mask[b, start:start + n] = True
+    return mask
+
+
+def cases(seed: int, n: int, kinds=("right", "left", "any", "holes"), max_b: int = 6, max_t: int = 12):
+    gen = torch.Generator().manual_seed(seed)
+    for i in range(n):
+        B = int(torch.randint(1, max_b + 1, (1,), generator=gen))
+        T = int(torch.randint(1, max_t + 1, (1,), generator=gen))
+        yield gen, B, T, random_mask(gen, B, T, kinds[i % len(kinds)])
+
+
+def close(got: torch.Tensor, expected, dtype: torch.dtype, what: str) -> None:
+    """got has `dtype` and matches `expected` (a float64 tensor, or Python floats) within TOL[dtype]."""
+    if not isinstance(expected, torch.Tensor):
+        expected = torch.tensor(expected, dtype=torch.float64)
+    assert type(got) is torch.Tensor, f"{what}: not a tensor: {type(got)}"
+    assert got.dtype == dtype, f"{what}: dtype {got.dtype}, expected {dtype}"
+    assert got.shape == expected.shape, f"{what}: shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
+    torch.testing.assert_close(got.double(), expected.double(), **TOL[dtype], msg=lambda m: f"{what}: {m}")
+
+
+def garbage_on_padding(x: torch.Tensor, mask: torch.Tensor, value: float = float("nan")) -> torch.Tensor:
+    return x.masked_fill(~mask.bool(), value)
+
+
+# ----------------------------------------------------------------------------- oracles
+
+
+def selected(x: torch.Tensor, mask: torch.Tensor) -> list[float]:
+    return [float(x[tuple(idx)]) for idx in mask.bool().nonzero().tolist()]
+
+
+def positions(mask_row: torch.Tensor) -> list[int]:
+    return [t for t in range(mask_row.shape[0]) if bool(mask_row[t])]
+
+
+def td_oracle(r, v, mask, gamma):
+    B, T = r.shape
+    out = torch.zeros(B, T, dtype=torch.float64)
+    for b in range(B):
+        pos = positions(mask[b])
+        for i, t in enumerate(pos):
+            v_next = float(v[b, pos[i + 1]]) if i + 1 < len(pos) else 0.0
+            out[b, t] = float(r[b, t]) + gamma * v_next - float(v[b, t])
+    return out
+
+
+def gae_oracle(r, v, mask, gamma, lam):
+    """A_t = sum_k (gamma*lam)^k delta_{t+k} over the row's masked positions (double loop, no recursion)."""
+    delta = td_oracle(r, v, mask, gamma)
+    B, T = r.shape
+    adv = torch.zeros(B, T, dtype=torch.float64)
+    ret = torch.zeros(B, T, dtype=torch.float64)
+    for b in range(B):
+        pos = positions(mask[b])
+        for i, t in enumerate(pos):
+            adv[b, t] = sum((gamma * lam) ** k * float(delta[b, pos[i + k]]) for k in range(len(pos) - i))
+            ret[b, t] = adv[b, t] + float(v[b, t])
+    return adv, ret
+
+
+def rewards_oracle(scores, lp, ref, mask, beta):
+    B, T = lp.shape
+    out = torch.zeros(B, T, dtype=torch.float64)
+    for b in range(B):
+        pos = positions(mask[b])
+        for t in pos:
+            out[b, t] = -beta * (float(lp[b, t]) - float(ref[b, t]))
+        if pos:
+            out[b, pos[-1]] += float(scores[b])
+    return out
+
+
+# ----------------------------------------------------------------------------- contract for notebook 07
+
+
+def test_exported_module_has_the_contract():
+    from minirlhf import gae
+
+    expected = {
+        "masked_mean": ["x", "mask", "dim"],
+        "masked_var": ["x", "mask", "unbiased"],
+        "masked_whiten": ["x", "mask", "shift_mean"],
+        "kl_estimate": ["logprobs", "ref_logprobs", "kind"],
+        "per_token_rewards": ["scores", "logprobs", "ref_logprobs", "mask", "kl_coef"],
+        "td_residuals": ["rewards", "values", "mask", "gamma"],
+        "compute_gae": ["rewards", "values", "mask", "gamma", "lam"],
+    }
+    for name, params in expected.items():
+        fn = getattr(gae, name)
+        assert list(inspect.signature(fn).parameters) == params, name
+    sig = inspect.signature(gae.masked_mean).parameters
+    assert sig["dim"].default is None
+    assert inspect.signature(gae.masked_var).parameters["unbiased"].default is True
+    assert inspect.signature(gae.masked_whiten).parameters["shift_mean"].default is True
+    assert inspect.signature(gae.kl_estimate).parameters["kind"].default == "k1"
+
+
+# ----------------------------------------------------------------------------- masked statistics
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_masked_mean_var_match_the_selected_entries(nb, dtype):
+    for gen, B, T, mask in cases(1, 40):
+        if not mask.any():
+            continue
+        x = (torch.randn(B, T, generator=gen) * 3 + 1).to(dtype)
+        xg = garbage_on_padding(x, mask)
+        vals = selected(x, mask)
+        mu = sum(vals) / len(vals)
+        close(nb.masked_mean(xg, mask), mu, dtype, "masked_mean")
+        close(nb.masked_mean(xg, mask.to(dtype)), mu, dtype, "masked_mean, float mask")
+        ss = sum((v - mu) ** 2 for v in vals)
+        close(nb.masked_var(xg, mask, unbiased=False), ss / len(vals), dtype, "masked_var biased")
+        if len(vals) >= 2:
+            close(nb.masked_var(xg, mask.int()), ss / (len(vals) - 1), dtype, "masked_var")
+        for dim in (0, 1, -1, -2):
+            d = dim % 2
+            exp = []
+            for i in range(x.shape[1 - d]):
+                xs, ms = (x[:, i], mask[:, i]) if d == 0 else (x[i], mask[i])
+                sel = [float(v) for v, m in zip(xs, ms) if m]
+                exp.append(sum(sel) / len(sel) if sel else 0.0)
+            close(nb.masked_mean(xg, mask, dim=dim), exp, dtype, f"masked_mean dim={dim}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_masked_whiten_properties(nb, dtype):
+    for gen, B, T, mask in cases(2, 30):
+        if int(mask.sum()) < 2:
+            continue
+        x = (torch.randn(B, T, generator=gen) * 4 - 2).to(dtype)
+        xg = garbage_on_padding(x, mask, float("inf"))
+        vals = selected(x, mask)
+        mu = sum(vals) / len(vals)
+        sd = math.sqrt(sum((v - mu) ** 2 for v in vals) / (len(vals) - 1) + 1e-8)
+        exp = torch.zeros(B, T, dtype=torch.float64)
+        for b, t in mask.nonzero().tolist():
+            exp[b, t] = (float(x[b, t]) - mu) / sd
+        close(nb.masked_whiten(xg, mask), exp, dtype, "masked_whiten")
+        close(nb.masked_whiten(xg, mask, shift_mean=False), torch.where(mask, exp + mu, 0.0), dtype,
+              "masked_whiten(shift_mean=False)")
+        # Invariant to a positive affine change of the input (up to the 1e-8 in the denominator).
+        w = nb.masked_whiten(x, mask).double()
+        w2 = nb.masked_whiten(x * 3 + 5, mask).double()
+        torch.testing.assert_close(w2, w, atol=1e-4, rtol=1e-4)
+
+
+def test_masked_stats_edge_cases(nb):
+    x = torch.randn(2, 3)
+    empty = torch.zeros(2, 3)
+    with pytest.raises(ValueError):
+        nb.masked_mean(x, empty)
+    close(nb.masked_mean(x, empty, dim=1), torch.zeros(2), torch.float32, "masked_mean of empty rows")
+    for unbiased in (True, False):
+        with pytest.raises(ValueError):
+            nb.masked_var(x, empty, unbiased=unbiased)
+    one = torch.tensor([[0, 0, 1], [0, 0, 0]])
+    with pytest.raises(ValueError):
+        nb.masked_var(x, one)
+    close(nb.masked_var(x, one, unbiased=False), torch.tensor(0.0), torch.float32, "biased var of one entry")
+    with pytest.raises(ValueError):
+        nb.masked_whiten(x, empty)
+    with pytest.raises(ValueError):
+        nb.masked_mean(x, torch.ones(3, 2))
+    with pytest.raises(TypeError):
+        nb.masked_mean(torch.ones(2, 3, dtype=torch.long), torch.ones(2, 3))
+    # Huge values: no overflow in float32 for the mean; inf on padding ignored.
+    big = torch.tensor([[1e37, 2e37, float("inf")]])
+    m = torch.tensor([[1, 1, 0]])
+    close(nb.masked_mean(big, m), torch.tensor(1.5e37), torch.float32, "masked_mean of huge values")
+
+
+def test_masked_stats_gradients(nb):
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 4, dtype=torch.float64, generator=gen, requires_grad=True)
+    mask = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 1], [1, 0, 0, 1]])
+    for fn in (
+        lambda x: nb.masked_mean(x, mask),
+        lambda x: nb.masked_mean(x, mask, dim=1),
+        lambda x: nb.masked_mean(x, mask, dim=0),
+        lambda x: nb.masked_var(x, mask),
+        lambda x: nb.masked_var(x, mask, unbiased=False),
+        lambda x: nb.masked_whiten(x, mask),
+        lambda x: nb.masked_whiten(x, mask, shift_mean=False),
+    ):
+        assert torch.autograd.gradcheck(fn, (x,))
+    # Padding gets exactly zero gradient, even for whiten (through mean and var).
+    (g,) = torch.autograd.grad((nb.masked_whiten(x, mask) * torch.randn(3, 4, dtype=torch.float64)).sum(), x)
+    assert (g[~mask.bool()] == 0).all()
+    # masked_mean's gradient is m / n.
+    (g,) = torch.autograd.grad(nb.masked_mean(x, mask), x)
+    torch.testing.assert_close(g, mask.double() / mask.sum())
+
+
+# ----------------------------------------------------------------------------- KL estimators
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_kl_estimate_values(nb, dtype):
+    gen = torch.Generator().manual_seed(4)
+    lp = (-torch.rand(4, 9, generator=gen) * 5).to(dtype)
+    ref = (-torch.rand(4, 9, generator=gen) * 5).to(dtype)
+    formulas = {
+        "k1": lambda l: l,
+        "k2": lambda l: 0.5 * l * l,
+        "k3": lambda l: math.exp(-l) - 1 + l,
+    }
+    for kind, f in formulas.items():
+        exp = [[f(float(a) - float(b)) for a, b in zip(ra, rb)] for ra, rb in zip(lp, ref)]
+        close(nb.kl_estimate(lp, ref, kind), exp, dtype, f"kl_estimate {kind}")
+    close(nb.kl_estimate(lp, ref), lp.double() - ref.double(), dtype, "kl_estimate default")
+    for kind in ("k2", "k3"):
+        assert (nb.kl_estimate(lp, ref, kind) >= 0).all(), kind
+    with pytest.raises(ValueError):
+        nb.kl_estimate(lp, ref, "k5")
+    with pytest.raises(ValueError):
+        nb.kl_estimate(lp, ref[:, :3])
+
+
+def test_kl_estimators_exact_expectations(nb):
+    """Weighting each token by pi(y): E[k1] = E[k3] = KL(pi || ref) exactly; k2 differs (biased)."""
+    gen = torch.Generator().manual_seed(5)
+    for shift in (0.1, 1.0, 3.0):
+        base = torch.randn(30, generator=gen, dtype=torch.float64)
+        logp = torch.log_softmax(base + shift * torch.randn(30, generator=gen, dtype=torch.float64), 0)
+        logr = torch.log_softmax(base, 0)
+        p = logp.exp()
+        true_kl = sum(float(pi) * (float(a) - float(b)) for pi, a, b in zip(p, logp, logr))
+        for kind in ("k1", "k3"):
+            est = float((p * nb.kl_estimate(logp[None], logr[None], kind)[0]).sum())
+            assert est == pytest.approx(true_kl, rel=1e-9, abs=1e-12), kind
+    k2 = float((p * nb.kl_estimate(logp[None], logr[None], "k2")[0]).sum())
+    assert abs(k2 - true_kl) > 1e-3  # at shift 3 the biased estimator is visibly off
+
+
+def test_kl_estimate_small_ratios_and_gradients(nb):
+    tiny = torch.tensor([[1e-10, -1e-7, 3e-5]], dtype=torch.float64)
+    k3 = nb.kl_estimate(tiny, torch.zeros_like(tiny), "k3")
+    torch.testing.assert_close(k3, tiny.square() / 2 - tiny.pow(3) / 6, rtol=1e-6, atol=1e-30)
+    gen = torch.Generator().manual_seed(6)
+    lp = (-torch.rand(2, 5, dtype=torch.float64, generator=gen) * 3).requires_grad_()
+    ref = (-torch.rand(2, 5, dtype=torch.float64, generator=gen) * 3).requires_grad_()
+    for kind in ("k1", "k2", "k3"):
+        assert torch.autograd.gradcheck(lambda a, b: nb.kl_estimate(a, b, kind), (lp, ref))
+
+
+# ----------------------------------------------------------------------------- per-token rewards
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_per_token_rewards_matches_loop(nb, dtype):
+    for gen, B, T, mask in cases(7, 40):
+        lp = (-torch.rand(B, T, generator=gen) * 4).to(dtype)
+        ref = (-torch.rand(B, T, generator=gen) * 4).to(dtype)
+        scores = torch.randn(B, generator=gen).to(dtype)
+        beta = float(torch.rand(1, generator=gen))
+        got = nb.per_token_rewards(scores, garbage_on_padding(lp, mask, -math.inf), ref, mask, beta)
+        close(got, rewards_oracle(scores, lp, ref, mask, beta), dtype, f"per_token_rewards mask={mask.int().tolist()}")
+        # Closed form: a row's rewards sum to score - beta * (sequence log-ratio); empty rows sum to 0.
+        for b in range(B):
+            if mask[b].any():
+                seq = sum(float(lp[b, t]) - float(ref[b, t]) for t in positions(mask[b]))
+                assert float(got[b].sum()) == pytest.approx(float(scores[b]) - beta * seq, abs=1e-4)
+            else:
+                assert (got[b] == 0).all()
+        assert not got.requires_grad
+
+
+def test_per_token_rewards_is_detached_and_pure(nb):
+    scores = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    lp = -torch.rand(3, 4, dtype=torch.float64).requires_grad_()
+    ref = -torch.rand(3, 4, dtype=torch.float64).requires_grad_()
+    mask = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 1], [0, 0, 0, 0]])
+    copies = [t.detach().clone() for t in (scores, lp, ref, mask)]
+    out = nb.per_token_rewards(scores, lp, ref, mask, 0.2)
+    assert not out.requires_grad and out.grad_fn is None
+    for before, after in zip(copies, (scores, lp, ref, mask)):
+        assert torch.equal(before, after.detach())
+    with pytest.raises(ValueError):
+        nb.per_token_rewards(scores[:2], lp, ref, mask, 0.2)
+
+
+# ----------------------------------------------------------------------------- TD residuals and GAE
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_td_residuals_matches_loop(nb, dtype):
+    gammas = [0.0, 0.5, 0.9, 0.99, 1.0]
+    for i, (gen, B, T, mask) in enumerate(cases(8, 40)):
+        r = torch.randn(B, T, generator=gen).to(dtype)
+        v = torch.randn(B, T, generator=gen).to(dtype)
+        g = gammas[i % len(gammas)]
+        got = nb.td_residuals(r, garbage_on_padding(v, mask), mask, g)
+        close(got, td_oracle(r, v, mask, g), dtype, f"td_residuals gamma={g} mask={mask.int().tolist()}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_compute_gae_matches_loop(nb, dtype):
+    gen_gl = torch.Generator().manual_seed(9)
+    for gen, B, T, mask in cases(10, 60):
+        gamma = float(torch.rand(1, generator=gen_gl))
+        lam = float(torch.rand(1, generator=gen_gl))
+        r = torch.randn(B, T, generator=gen).to(dtype)
+        v = torch.randn(B, T, generator=gen).to(dtype)
+        adv, ret = nb.compute_gae(garbage_on_padding(r, mask), garbage_on_padding(v, mask), mask.float(), gamma, lam)
+        e_adv, e_ret = gae_oracle(r, v, mask, gamma, lam)
+        what = f"gamma={gamma:.3f} lam={lam:.3f} mask={mask.int().tolist()}"
+        close(adv, e_adv, dtype, f"advantages {what}")
+        close(ret, e_ret, dtype, f"returns {what}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_compute_gae_closed_forms(nb, dtype):
+    for gen, B, T, mask in cases(11, 30):
+        r = torch.randn(B, T, generator=gen).to(dtype)
+        v = torch.randn(B, T, generator=gen).to(dtype)
+        gamma = 0.93
+        # lam = 0: the TD residuals.
+        adv0, _ = nb.compute_gae(r, v, mask, gamma, 0.0)
+        close(adv0, td_oracle(r, v, mask, gamma), dtype, "compute_gae(lam=0)")
+        close(adv0, nb.td_residuals(r, v, mask, gamma).double(), dtype, "compute_gae(lam=0) vs td_residuals")
+        # lam = gamma = 1: reward-to-go minus V; returns = reward-to-go.
+        adv1, ret1 = nb.compute_gae(r, v, mask, 1.0, 1.0)
+        rtg = torch.zeros(B, T, dtype=torch.float64)
+        for b in range(B):
+            pos = positions(mask[b])
+            for i, t in enumerate(pos):
+                rtg[b, t] = sum(float(r[b, u]) for u in pos[i:])
+        close(adv1, torch.where(mask, rtg - v.double(), 0.0), dtype, "compute_gae(gamma=lam=1)")
+        close(ret1, rtg, dtype, "returns(gamma=lam=1)")
+        # lam = 1, any gamma: discounted reward-to-go minus V.
+        adv_g, _ = nb.compute_gae(r, v, mask, gamma, 1.0)
+        disc = torch.zeros(B, T, dtype=torch.float64)
+        for b in range(B):
+            pos = positions(mask[b])
+            for i, t in enumerate(pos):
+                disc[b, t] = sum(gamma ** k * float(r[b, u]) for k, u in enumerate(pos[i:])) - float(v[b, t])
+        close(adv_g, disc, dtype, "compute_gae(lam=1) vs discounted reward-to-go - V")
+
+
+def test_shifting_a_row_shifts_every_output(nb):
+    """Left vs right padding (and any offset): a row's content at offset s gives outputs at offset s."""
+    gen = torch.Generator().manual_seed(12)
+    T = 10
+    for length in (1, 2, 5, 10):
+        r = torch.randn(length, dtype=torch.float64, generator=gen)
+        v = torch.randn(length, dtype=torch.float64, generator=gen)
+        lp = -torch.rand(length, dtype=torch.float64, generator=gen)
+        ref = -torch.rand(length, dtype=torch.float64, generator=gen)
+        outs = []
+        for s in range(T - length + 1):
+            def place(x, fill=0.0):
+                row = torch.full((1, T), fill, dtype=torch.float64)
+                row[0, s:s + length] = x
+                return row
+            mask = place(torch.ones(length)).bool()
+            adv, ret = nb.compute_gae(place(r, 3.0), place(v, -7.0), mask, 0.97, 0.9)
+            parts = [
+                adv, ret,
+                nb.td_residuals(place(r, 3.0), place(v, -7.0), mask, 0.97),
+                nb.per_token_rewards(torch.tensor([1.5], dtype=torch.float64), place(lp, -math.inf), place(ref), mask, 0.3),
+            ]
+            if length >= 2:
+                parts.append(nb.masked_whiten(place(r, 1e6), mask))
+            for p in parts:
+                assert (p[0, :s] == 0).all() and (p[0, s + length:] == 0).all(), "padding must be 0"
+            outs.append([p[0, s:s + length] for p in parts])
+        for shifted in outs[1:]:
+            for a, b in zip(outs[0], shifted):
+                torch.testing.assert_close(b, a, atol=1e-12, rtol=1e-12)
+
+
+def test_rows_are_independent(nb):
+    """Permuting the batch permutes the per-row outputs (no leakage across rows)."""
+    gen = torch.Generator().manual_seed(13)
+    B, T = 6, 9
+    mask = random_mask(gen, B, T, "any")
+    r, v = torch.randn(B, T, generator=gen), torch.randn(B, T, generator=gen)
+    perm = torch.randperm(B, generator=gen)
+    adv, ret = nb.compute_gae(r, v, mask, 0.99, 0.95)
+    adv_p, ret_p = nb.compute_gae(r[perm], v[perm], mask[perm], 0.99, 0.95)
+    torch.testing.assert_close(adv_p, adv[perm])
+    torch.testing.assert_close(ret_p, ret[perm])
+
+
+def test_compute_gae_edge_cases(nb):
+    # All-zero rows and one-token rows.
+    r = torch.tensor([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    v = torch.tensor([[0.5, 0.5, 0.5], [0.5, 0.5, 0.5], [1.0, 1.0, 1.0]])
+    mask = torch.tensor([[0, 0, 0], [0, 1, 0], [0, 0, 1]])
+    adv, ret = nb.compute_gae(r, v, mask, 0.9, 0.95)
+    torch.testing.assert_close(adv, torch.tensor([[0.0, 0.0, 0.0], [0.0, 1.5, 0.0], [0.0, 0.0, 5.0]]))
+    torch.testing.assert_close(ret, torch.tensor([[0.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 6.0]]))
+    adv, ret = nb.compute_gae(r, v, torch.zeros(3, 3), 1.0, 1.0)
+    assert (adv == 0).all() and (ret == 0).all()
+    # Huge values in float32: no overflow; inf/nan on padding never leak.
+    big = torch.full((2, 6), 1e37)
+    adv, ret = nb.compute_gae(big, big, torch.ones(2, 6), 1.0, 1.0)
+    assert torch.isfinite(adv).all() and torch.isfinite(ret).all()
+    torch.testing.assert_close(ret[0], torch.tensor([6e37, 5e37, 4e37, 3e37, 2e37, 1e37]))
+    m = torch.tensor([[1, 1, 0, 0], [0, 0, 1, 1]])
+    junk = torch.tensor([[1.0, 1.0, math.inf, math.nan], [math.nan, -math.inf, 1.0, 1.0]])
+    adv, ret = nb.compute_gae(junk, junk, m, 1.0, 0.95)
+    assert torch.isfinite(adv).all() and torch.isfinite(ret).all()
+    for bad in ((-0.1, 0.5), (1.1, 0.5), (0.5, -0.1), (0.5, 1.5)):
+        with pytest.raises(ValueError):
+            nb.compute_gae(r, v, mask, *bad)
+    with pytest.raises(ValueError):
+        nb.compute_gae(r, v[:, :2], mask, 1.0, 1.0)
+
+
+def test_compute_gae_is_detached_and_pure(nb):
+    gen = torch.Generator().manual_seed(14)
+    r = torch.randn(3, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    v = torch.randn(3, 5, dtype=torch.float64, generator=gen, requires_grad=True)
+    mask = random_mask(gen, 3, 5, "any")
+    r0, v0 = r.detach().clone(), v.detach().clone()
+    versions = (r._version, v._version)
+    adv, ret = nb.compute_gae(r, v, mask, 1.0, 0.95)
+    assert not adv.requires_grad and not ret.requires_grad
+    assert adv.grad_fn is None and ret.grad_fn is None
+    assert torch.equal(r.detach(), r0) and torch.equal(v.detach(), v0) and (r._version, v._version) == versions
+    x = torch.randn(3, 5, generator=gen)
+    x0, ver = x.clone(), x._version
+    nb.masked_whiten(x, torch.ones(3, 5))
+    assert torch.equal(x, x0) and x._version == ver
