@@ -24,6 +24,7 @@ NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "01_tokenizer_
 transformers = pytest.importorskip("transformers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 transformers.logging.set_verbosity_error()
+transformers.utils.logging.disable_progress_bar()
 logging.getLogger("transformers").setLevel(logging.ERROR)
 
 # (vocab_size, n_positions, n_embd, n_layer, n_head)

@@ -38,40 +38,76 @@ ALLOWED_IMPORTS = {"torch", "math", "minirlhf", "__future__"}
 
 @pytest.fixture(scope="module")
 def graded(tmp_path_factory):
-    crs = course.build_course(tmp_path_factory.mktemp("course"), IDS)
-    for nb_id in IDS:
-        course.generate_assignment(crs, nb_id)
-        course.submit(crs, nb_id, "reference", ROOT / "notebooks" / nb_id / f"{nb_id}.ipynb")
-        course.submit(crs, nb_id, "blank", crs / "release" / nb_id / f"{nb_id}.ipynb")
-        course.autograde(crs, nb_id)
-        course.generate_feedback(crs, nb_id)
-    return crs
+    """graded(nb_id) -> a course where that assignment was released, submitted twice and autograded.
+
+    One course per assignment, built lazily, so that pytest-xdist (``--dist loadgroup``) can
+    grade different notebooks on different workers.
+    """
+    courses: dict[str, Path] = {}
+
+    def get(nb_id: str) -> Path:
+        if nb_id not in courses:
+            crs = course.build_course(tmp_path_factory.mktemp(f"course_{nb_id}"), [nb_id])
+            course.generate_assignment(crs, nb_id)
+            course.submit(crs, nb_id, "reference", ROOT / "notebooks" / nb_id / f"{nb_id}.ipynb")
+            course.submit(crs, nb_id, "blank", crs / "release" / nb_id / f"{nb_id}.ipynb")
+            course.autograde(crs, nb_id)
+            course.generate_feedback(crs, nb_id)
+            courses[nb_id] = crs
+        return courses[nb_id]
+
+    return get
 
 
-def split_marked(source: str, begin: str, end: str) -> tuple[str, str, str]:
-    """(before, inside, after) of the single marked region of a cell."""
-    lines = source.split("\n")
-    starts = [i for i, ln in enumerate(lines) if ln.strip() == begin]
-    ends = [i for i, ln in enumerate(lines) if ln.strip() == end]
-    assert len(starts) == 1 and len(ends) == 1 and starts[0] < ends[0], f"one {begin} ... {end} region expected"
-    s, e = starts[0], ends[0]
-    return "\n".join(lines[:s]), "\n".join(lines[s + 1 : e]), "\n".join(lines[e + 1 :])
+def per_notebook(ids: list[str]) -> list:
+    """Parametrize by notebook id, keeping each notebook's tests on one xdist worker."""
+    return [pytest.param(i, marks=pytest.mark.xdist_group(i)) for i in ids]
+
+
+def split_regions(source: str, begin: str, end: str) -> tuple[list[str], list[str]]:
+    """(outside, inside): the text between marked regions and the text of each region."""
+    outside, inside, current, depth = [], [], [], None
+    for line in source.split("\n"):
+        if line.strip() == begin:
+            assert depth is None, f"nested {begin}"
+            outside.append("\n".join(current))
+            current, depth = [], line[: len(line) - len(line.lstrip())]
+        elif line.strip() == end:
+            assert depth is not None, f"{end} without {begin}"
+            inside.append("\n".join(current))
+            current, depth = [], None
+        else:
+            current.append(line)
+    assert depth is None, f"{begin} without {end}"
+    outside.append("\n".join(current))
+    return outside, inside
+
+
+def with_stubs(source: str) -> str:
+    """What nbgrader's ClearSolutions should make of a solution cell: each region -> the stub."""
+    out, in_region = [], False
+    for line in source.split("\n"):
+        if line.strip() == BEGIN_SOLUTION:
+            indent = line[: len(line) - len(line.lstrip())]
+            out.extend(indent + ln for ln in STUB.split("\n"))
+            in_region = True
+        elif line.strip() == END_SOLUTION:
+            in_region = False
+        elif not in_region:
+            out.append(line)
+    return "\n".join(out)
 
 
 def secret_lines(nb: dict) -> set[str]:
     """Distinctive lines that exist only inside solution or hidden-test regions."""
     inside, outside = set(), set()
     for cell in nb["cells"]:
-        src = cell_source(cell)
-        kind = cell_kind(cell)
-        marks = {"solution": (BEGIN_SOLUTION, END_SOLUTION), "test": (BEGIN_HIDDEN, END_HIDDEN)}.get(kind)
-        if marks and marks[0] in src:
-            before, secret, after = split_marked(src, *marks)
-            inside |= {ln.strip() for ln in secret.split("\n")}
-            outside |= {ln.strip() for ln in (before + "\n" + after).split("\n")}
-        else:
-            outside |= {ln.strip() for ln in src.split("\n")}
-    return {ln for ln in inside - outside if len(ln) >= 20 and not ln.startswith("#")}
+        marks = {"solution": (BEGIN_SOLUTION, END_SOLUTION), "test": (BEGIN_HIDDEN, END_HIDDEN)}.get(cell_kind(cell))
+        outer, inner = split_regions(cell_source(cell), *marks) if marks else ([cell_source(cell)], [])
+        inside |= {ln.strip() for part in inner for ln in part.split("\n")}
+        outside |= {ln.strip() for part in outer for ln in part.split("\n")}
+    # Imports and comments give nothing away (hidden tests re-import helpers that visible code uses too).
+    return {ln for ln in inside - outside if len(ln) >= 20 and not ln.startswith(("#", "import ", "from "))}
 
 
 def scores(crs: Path, nb_id: str, student: str) -> course.NotebookScore:
@@ -79,19 +115,21 @@ def scores(crs: Path, nb_id: str, student: str) -> course.NotebookScore:
     return score
 
 
-@pytest.mark.parametrize("nb_id", IDS)
+@pytest.mark.parametrize("nb_id", per_notebook(IDS))
 def test_source_notebook_scores_full_marks(graded, nb_id):
-    score = scores(graded, nb_id, "reference")
+    crs = graded(nb_id)
+    score = scores(crs, nb_id, "reference")
     lost = [c for c in score.cells if c.score != c.max_score]
     assert score.max_score > 0
     assert not lost, f"reference solution lost points in {[c.grade_id for c in lost]}"
 
 
-@pytest.mark.parametrize("nb_id", IDS)
+@pytest.mark.parametrize("nb_id", per_notebook(IDS))
 def test_release_notebook_scores_zero_with_clear_feedback(graded, nb_id):
-    score = scores(graded, nb_id, "blank")
+    crs = graded(nb_id)
+    score = scores(crs, nb_id, "blank")
     assert score.score == 0, f"an empty submission earned points: {[c for c in score.cells if c.score]}"
-    autograded = read_notebook(graded / "autograded" / "blank" / nb_id / f"{nb_id}.ipynb")
+    autograded = read_notebook(crs / "autograded" / "blank" / nb_id / f"{nb_id}.ipynb")
     tests = [c for c in autograded["cells"] if cell_kind(c) == "test"]
     for cell in tests:
         errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
@@ -99,37 +137,39 @@ def test_release_notebook_scores_zero_with_clear_feedback(graded, nb_id):
         assert errors[0]["ename"] == "NotImplementedError", (
             f"{nbgrader_meta(cell)['grade_id']}: expected NotImplementedError, got {errors[0]['ename']}"
         )
-    html = (graded / "feedback" / "blank" / nb_id / f"{nb_id}.html").read_text(encoding="utf-8")
+    html = (crs / "feedback" / "blank" / nb_id / f"{nb_id}.html").read_text(encoding="utf-8")
     assert html.count("NotImplementedError") >= len(tests)
 
 
-@pytest.mark.parametrize("nb_id", IDS)
+@pytest.mark.parametrize("nb_id", per_notebook(IDS))
 def test_release_keeps_signature_and_docstring_only(graded, nb_id):
+    crs = graded(nb_id)
     source = read_notebook(ROOT / "notebooks" / nb_id / f"{nb_id}.ipynb")
-    release = read_notebook(graded / "release" / nb_id / f"{nb_id}.ipynb")
+    release = read_notebook(crs / "release" / nb_id / f"{nb_id}.ipynb")
     src_cells = [c for c in source["cells"] if cell_kind(c) in ("solution", "test")]
     rel_cells = [c for c in release["cells"] if cell_kind(c) in ("solution", "test")]
     assert [nbgrader_meta(c)["grade_id"] for c in src_cells] == [nbgrader_meta(c)["grade_id"] for c in rel_cells]
     for src, rel in zip(src_cells, rel_cells):
         grade_id = nbgrader_meta(src)["grade_id"]
         if cell_kind(src) == "solution":
-            before, _, after = split_marked(cell_source(src), BEGIN_SOLUTION, END_SOLUTION)
-            indent = cell_source(src).split(BEGIN_SOLUTION)[0].rsplit("\n", 1)[-1]
-            stub = "\n".join(indent + ln for ln in STUB.split("\n"))
-            expected = "\n".join(part for part in (before, stub, after) if part)
-            assert cell_source(rel).rstrip() == expected.rstrip(), f"{grade_id}: release differs beyond the stub"
+            assert cell_source(rel).rstrip() == with_stubs(cell_source(src)).rstrip(), (
+                f"{grade_id}: the release differs from the source beyond the stubs"
+            )
             tree = ast.parse(cell_source(rel))
             defs = [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
             assert len(defs) == 1, f"{grade_id}: a solution cell holds exactly one graded function or class"
             assert ast.get_docstring(defs[0]), f"{grade_id}: the graded function needs its docstring"
         elif BEGIN_HIDDEN in cell_source(src):
-            visible, _, _ = split_marked(cell_source(src), BEGIN_HIDDEN, END_HIDDEN)
-            assert cell_source(rel).strip() == visible.strip(), f"{grade_id}: the released test cell differs"
+            (visible, after), _ = split_regions(cell_source(src), BEGIN_HIDDEN, END_HIDDEN)
+            assert cell_source(rel).strip() == (visible + "\n" + after).strip(), (
+                f"{grade_id}: the released test cell differs from the visible part"
+            )
 
 
-@pytest.mark.parametrize("nb_id", IDS)
+@pytest.mark.parametrize("nb_id", per_notebook(IDS))
 def test_release_leaks_no_solution_or_hidden_test(graded, nb_id):
-    folder = graded / "release" / nb_id
+    crs = graded(nb_id)
+    folder = crs / "release" / nb_id
     secrets = set()
     for later in IDS:
         if later >= nb_id:
@@ -184,11 +224,12 @@ def test_grade_cli_prints_json_last_line(tmp_path):
     assert Path(result["feedback"]).is_file()
 
 
+@pytest.mark.xdist_group(smallest_notebook())
 def test_grade_all_cli_writes_csv_and_feedback(graded, tmp_path):
     nb_id = smallest_notebook()
     subs = tmp_path / "submissions"
     for student, nb in (("ada", ROOT / "notebooks" / nb_id / f"{nb_id}.ipynb"),
-                        ("bo", graded / "release" / nb_id / f"{nb_id}.ipynb")):
+                        ("bo", graded(nb_id) / "release" / nb_id / f"{nb_id}.ipynb")):
         (subs / student / nb_id).mkdir(parents=True)
         (subs / student / nb_id / f"{nb_id}.ipynb").write_bytes(nb.read_bytes())
     out = tmp_path / "out"
