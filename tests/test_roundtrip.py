@@ -168,24 +168,52 @@ def test_release_keeps_signature_and_docstring_only(graded, nb_id):
 
 @pytest.mark.parametrize("nb_id", per_notebook(IDS))
 def test_release_leaks_no_solution_or_hidden_test(graded, nb_id):
-    crs = graded(nb_id)
-    folder = crs / "release" / nb_id
-    secrets = set()
-    for later in IDS:
-        if later >= nb_id:
-            secrets |= secret_lines(read_notebook(ROOT / "notebooks" / later / f"{later}.ipynb"))
-    assert secrets, "no solution lines found to look for"
-    shipped = sorted(p for p in folder.rglob("*") if p.is_file())
-    exported = {p.stem for p in (folder / "minirlhf").glob("*.py")} - {"__init__"}
     from helpers.export import module_name
 
-    assert exported == {module_name(i) for i in IDS if i < nb_id}
+    folder = graded(nb_id) / "release" / nb_id
+    shipped = sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     for path in shipped:
+        if path.relative_to(folder).parts[0] == "helpers":
+            continue  # helpers/ defines the marker strings; it is compared with the course's copy below
         text = path.read_text(encoding="utf-8", errors="ignore")
         for marker in (BEGIN_SOLUTION, END_SOLUTION, BEGIN_HIDDEN, END_HIDDEN):
             assert marker not in text, f"{path.relative_to(folder)} contains {marker!r}"
-        leaked = [ln for ln in secrets if ln in text]
-        assert not leaked, f"{path.relative_to(folder)} leaks solution/hidden-test lines: {leaked[:3]}"
+    # The notebook: none of its own solution or hidden-test lines.
+    secrets = secret_lines(read_notebook(ROOT / "notebooks" / nb_id / f"{nb_id}.ipynb"))
+    assert secrets, "no solution lines found to look for"
+    release_nb = read_notebook(folder / f"{nb_id}.ipynb")
+    released = {ln.strip() for c in release_nb["cells"] for ln in cell_source(c).split("\n")}
+    leaked = sorted(secrets & released)
+    assert not leaked, f"the released notebook leaks solution/hidden-test lines: {leaked[:3]}"
+    # minirlhf/: the modules of earlier notebooks and nothing else.
+    modules = {p.stem: p for p in (folder / "minirlhf").glob("*.py") if p.stem != "__init__"}
+    assert set(modules) == {module_name(i) for i in IDS if i < nb_id}
+    for i in IDS:
+        if i < nb_id:
+            assert f"exported from {i}.ipynb" in modules[module_name(i)].read_text(encoding="utf-8")
+    # helpers/: an exact copy of the course's helpers (which hold no solution, see below).
+    for path in shipped:
+        rel = path.relative_to(folder)
+        if rel.parts[0] == "helpers":
+            assert path.read_bytes() == (ROOT / rel).read_bytes(), f"{rel} differs from the course's helpers"
+    unexpected = [str(p.relative_to(folder)) for p in shipped
+                  if p.relative_to(folder).parts[0] not in ("helpers", "minirlhf", "artifacts") and p.name != f"{nb_id}.ipynb"]
+    assert not unexpected, f"unexpected files in the release: {unexpected}"
+
+
+def test_helpers_hold_no_solution():
+    """helpers/ ships with every release: it must not contain reference code of any notebook."""
+    solutions = set()
+    for nb_id in IDS:
+        nb = read_notebook(ROOT / "notebooks" / nb_id / f"{nb_id}.ipynb")
+        for cell in nb["cells"]:
+            if cell_kind(cell) == "solution":
+                _, inner = split_regions(cell_source(cell), BEGIN_SOLUTION, END_SOLUTION)
+                solutions |= {ln.strip() for part in inner for ln in part.split("\n") if len(ln.strip()) >= 40}
+    for path in sorted((ROOT / "helpers").rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        leaked = [ln for ln in solutions if ln in text]
+        assert not leaked, f"{path.relative_to(ROOT)} contains reference-solution lines: {leaked[:3]}"
 
 
 @pytest.mark.parametrize("nb_id", IDS)
