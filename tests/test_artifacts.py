@@ -265,6 +265,16 @@ def test_corrupt_shipped_artifact_falls_back_to_the_cache(sandbox, capsys):
     assert (target / "data.txt").read_text() == "tampered", "shipped folders are only read"
 
 
+def test_extra_read_only_places(sandbox, monkeypatch):
+    rec = _register(sandbox)
+    elsewhere = sandbox / "graded_release"
+    (target,) = artifacts.ship(elsewhere, ["toy"])
+    artifacts.clear()
+    monkeypatch.setenv("RLHF_ARTIFACTS", os.pathsep.join([str(sandbox / "nothing"), str(elsewhere / "artifacts")]))
+    assert artifacts.get("toy") == {"size": 3}
+    assert rec.builds == 1 and rec.loads[-1] == target
+
+
 def test_clear_by_name(sandbox):
     _register(sandbox, "toy")
     _register(sandbox, "toy_two")
@@ -281,21 +291,39 @@ def test_clear_by_name(sandbox):
 
 @pytest.fixture(scope="module")
 def tiny_artifact(tmp_path_factory):
-    """The tiny default model, built once through the artifact cache of a private cache folder."""
+    """The tiny default model, built once through the artifact cache of a private cache folder,
+    the way a graded notebook builds it: NBGRADER_EXECUTION set, nothing may reach stderr."""
+    import contextlib
+    import io
+    import warnings
+
     from helpers import default_model
 
     cache = tmp_path_factory.mktemp("dm_cache")
-    old = os.environ.get("RLHF_COURSE_CACHE")
+    saved = {k: os.environ.get(k) for k in ("RLHF_COURSE_CACHE", "NBGRADER_EXECUTION", "COURSE_NO_PROGRESS")}
+    os.environ.update(RLHF_COURSE_CACHE=str(cache), NBGRADER_EXECUTION="autograde", COURSE_NO_PROGRESS="")
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), warnings.catch_warnings():
+            warnings.simplefilter("error")  # a warning would land on stderr in a notebook
+            model = default_model.load_default_model()  # tiny under grading
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    assert err.getvalue() == "", f"building the tiny model wrote to stderr: {err.getvalue()[:500]}"
     os.environ["RLHF_COURSE_CACHE"] = str(cache)
     try:
-        model = default_model.load_default_model(tiny=True)
-        folder = artifacts.path("default_model", tiny=True)
+        folder = artifacts.locate("default_model", tiny=True, build=False)
         log = default_model.read_training_log(tiny=True)
     finally:
-        if old is None:
-            del os.environ["RLHF_COURSE_CACHE"]
+        if saved["RLHF_COURSE_CACHE"] is None:
+            os.environ.pop("RLHF_COURSE_CACHE")
         else:
-            os.environ["RLHF_COURSE_CACHE"] = old
+            os.environ["RLHF_COURSE_CACHE"] = saved["RLHF_COURSE_CACHE"]
+    assert folder is not None and folder.parent == cache / "artifacts"
     return model, folder, log, cache
 
 
@@ -331,6 +359,7 @@ def test_tiny_default_model_trains_and_learns_the_format(tiny_artifact):
     assert first > 9.0, f"an untrained model's loss should be near ln(50257) = 10.8, got {first:.2f}"
     assert last < first - 4.0, f"loss did not go down enough: first {first:.2f}, last {last:.2f}"
     assert log["val_loss"][-1] < 5.0, f"held-out full-softmax loss {log['val_loss'][-1]:.2f}"
+    assert log["p_outside_world"] < 0.25, f"P(token outside the world) = {log['p_outside_world']:.3f}"
 
     world, ranks = World(0), load_gpt2_ranks()
     prompts = world.prompts("val")[:12]

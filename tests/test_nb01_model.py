@@ -310,3 +310,13 @@ def test_checkpoint_errors(nb, checkpoint, tmp_path):
     wrong = nb.GPT2Config(vocab_size=vocab, n_positions=n_pos, n_embd=n_embd, n_layer=n_layer + 1, n_head=n_head)
     with pytest.raises(ValueError, match="n_layer"):
         nb.load_gpt2_checkpoint(checkpoint["hub"], config=wrong)
+
+
+def test_config_defaults_are_gpt2_small(nb):
+    cfg = nb.GPT2Config()
+    got = (cfg.vocab_size, cfg.n_positions, cfg.n_embd, cfg.n_layer, cfg.n_head, cfg.layer_norm_eps)
+    assert got == (50257, 1024, 768, 12, 12, 1e-5)
+    hf = transformers.GPT2Config()
+    assert got == (hf.vocab_size, hf.n_positions, hf.n_embd, hf.n_layer, hf.n_head, hf.layer_norm_epsilon)
+    with pytest.raises(ValueError):
+        nb.GPT2Config(n_embd=100, n_head=12)
