@@ -22,7 +22,7 @@ demo: $(VENV)/.runtime-installed
 	$(PY) -m autograder demo
 
 test: $(VENV)/.test-installed
-	$(PY) -m pytest tests -n 2 --dist loadgroup -q
+	$(PY) -m pytest tests -n 2 -q
 
 release: $(VENV)/.runtime-installed
 	$(PY) -m autograder release

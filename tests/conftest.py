@@ -12,8 +12,15 @@ if str(ROOT) not in sys.path:
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("COURSE_NO_PROGRESS", "1")
+# Two xdist workers on two cores: one BLAS thread each (and in the kernels they start), or tiny
+# matrix products stall behind oversubscribed thread pools (seen: 3 us -> 31 ms).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Kernels started by nbclient/nbgrader run `python` from PATH: make it this interpreter.
 os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 from helpers.export import refresh  # noqa: E402
 

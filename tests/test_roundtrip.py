@@ -1,6 +1,6 @@
 """The nbgrader round trip, run by nbgrader itself, for every notebook that exists.
 
-One temporary course holds every assignment. For each one, the source notebook is
+One temporary course per assignment. For each one, the source notebook is
 submitted by student ``reference`` (must score full marks) and the unmodified release
 notebook by student ``blank`` (must score 0, grade without crashing, and show a
 NotImplementedError in its feedback). The release itself must carry no solution line,
@@ -36,32 +36,25 @@ STUB = "# YOUR CODE HERE\nraise NotImplementedError()"
 ALLOWED_IMPORTS = {"torch", "math", "minirlhf", "__future__"}
 
 
-@pytest.fixture(scope="module")
-def graded(tmp_path_factory):
-    """graded(nb_id) -> a course where that assignment was released, submitted twice and autograded.
-
-    One course per assignment, built lazily, so that pytest-xdist (``--dist loadgroup``) can
-    grade different notebooks on different workers.
-    """
-    courses: dict[str, Path] = {}
-
-    def get(nb_id: str) -> Path:
-        if nb_id not in courses:
-            crs = course.build_course(tmp_path_factory.mktemp(f"course_{nb_id}"), [nb_id])
-            course.generate_assignment(crs, nb_id)
-            course.submit(crs, nb_id, "reference", ROOT / "notebooks" / nb_id / f"{nb_id}.ipynb")
-            course.submit(crs, nb_id, "blank", crs / "release" / nb_id / f"{nb_id}.ipynb")
-            course.autograde(crs, nb_id)
-            course.generate_feedback(crs, nb_id)
-            courses[nb_id] = crs
-        return courses[nb_id]
-
-    return get
+def grade_round_trip(nb_id: str, folder: Path) -> Path:
+    """A course where ``nb_id`` was released, submitted twice (source, blank release) and autograded."""
+    crs = course.build_course(folder, [nb_id])
+    course.generate_assignment(crs, nb_id)
+    course.submit(crs, nb_id, "reference", ROOT / "notebooks" / nb_id / f"{nb_id}.ipynb")
+    course.submit(crs, nb_id, "blank", crs / "release" / nb_id / f"{nb_id}.ipynb")
+    course.autograde(crs, nb_id)
+    course.generate_feedback(crs, nb_id)
+    return crs
 
 
-def per_notebook(ids: list[str]) -> list:
-    """Parametrize by notebook id, keeping each notebook's tests on one xdist worker."""
-    return [pytest.param(i, marks=pytest.mark.xdist_group(i)) for i in ids]
+@pytest.mark.parametrize("nb_id", IDS)
+def test_round_trip(nb_id, tmp_path):
+    """One test per notebook (one nbgrader run), so xdist spreads notebooks over workers."""
+    crs = grade_round_trip(nb_id, tmp_path / "course")
+    check_source_notebook_scores_full_marks(crs, nb_id)
+    check_release_notebook_scores_zero_with_clear_feedback(crs, nb_id)
+    check_release_keeps_signature_and_docstring_only(crs, nb_id)
+    check_release_leaks_no_solution_or_hidden_test(crs, nb_id)
 
 
 def split_regions(source: str, begin: str, end: str) -> tuple[list[str], list[str]]:
@@ -115,18 +108,14 @@ def scores(crs: Path, nb_id: str, student: str) -> course.NotebookScore:
     return score
 
 
-@pytest.mark.parametrize("nb_id", per_notebook(IDS))
-def test_source_notebook_scores_full_marks(graded, nb_id):
-    crs = graded(nb_id)
+def check_source_notebook_scores_full_marks(crs: Path, nb_id: str) -> None:
     score = scores(crs, nb_id, "reference")
     lost = [c for c in score.cells if c.score != c.max_score]
     assert score.max_score > 0
     assert not lost, f"reference solution lost points in {[c.grade_id for c in lost]}"
 
 
-@pytest.mark.parametrize("nb_id", per_notebook(IDS))
-def test_release_notebook_scores_zero_with_clear_feedback(graded, nb_id):
-    crs = graded(nb_id)
+def check_release_notebook_scores_zero_with_clear_feedback(crs: Path, nb_id: str) -> None:
     score = scores(crs, nb_id, "blank")
     assert score.score == 0, f"an empty submission earned points: {[c for c in score.cells if c.score]}"
     autograded = read_notebook(crs / "autograded" / "blank" / nb_id / f"{nb_id}.ipynb")
@@ -141,9 +130,7 @@ def test_release_notebook_scores_zero_with_clear_feedback(graded, nb_id):
     assert html.count("NotImplementedError") >= len(tests)
 
 
-@pytest.mark.parametrize("nb_id", per_notebook(IDS))
-def test_release_keeps_signature_and_docstring_only(graded, nb_id):
-    crs = graded(nb_id)
+def check_release_keeps_signature_and_docstring_only(crs: Path, nb_id: str) -> None:
     source = read_notebook(ROOT / "notebooks" / nb_id / f"{nb_id}.ipynb")
     release = read_notebook(crs / "release" / nb_id / f"{nb_id}.ipynb")
     src_cells = [c for c in source["cells"] if cell_kind(c) in ("solution", "test")]
@@ -166,11 +153,10 @@ def test_release_keeps_signature_and_docstring_only(graded, nb_id):
             )
 
 
-@pytest.mark.parametrize("nb_id", per_notebook(IDS))
-def test_release_leaks_no_solution_or_hidden_test(graded, nb_id):
+def check_release_leaks_no_solution_or_hidden_test(crs: Path, nb_id: str) -> None:
     from helpers.export import module_name
 
-    folder = graded(nb_id) / "release" / nb_id
+    folder = crs / "release" / nb_id
     shipped = sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     for path in shipped:
         if path.relative_to(folder).parts[0] == "helpers":
@@ -252,12 +238,15 @@ def test_grade_cli_prints_json_last_line(tmp_path):
     assert Path(result["feedback"]).is_file()
 
 
-@pytest.mark.xdist_group(smallest_notebook())
-def test_grade_all_cli_writes_csv_and_feedback(graded, tmp_path):
+def test_release_and_grade_all_cli(tmp_path):
+    """`release` then `grade-all` on a class of two: full marks for the source, 0 for the blank release."""
     nb_id = smallest_notebook()
+    rel = tmp_path / "release"
+    proc = subprocess.run([sys.executable, "-m", "autograder", "release", nb_id, "--out", str(rel)],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     subs = tmp_path / "submissions"
-    for student, nb in (("ada", ROOT / "notebooks" / nb_id / f"{nb_id}.ipynb"),
-                        ("bo", graded(nb_id) / "release" / nb_id / f"{nb_id}.ipynb")):
+    for student, nb in (("ada", ROOT / "notebooks" / nb_id / f"{nb_id}.ipynb"), ("bo", rel / nb_id / f"{nb_id}.ipynb")):
         (subs / student / nb_id).mkdir(parents=True)
         (subs / student / nb_id / f"{nb_id}.ipynb").write_bytes(nb.read_bytes())
     out = tmp_path / "out"
