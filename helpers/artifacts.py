@@ -101,6 +101,8 @@ COURSE_ROOT = Path(__file__).resolve().parent.parent  # the folder holding helpe
 # module on first use. Later notebooks' helpers add their names here.
 PROVIDERS: dict[str, str] = {
     "default_model": "helpers.default_model",
+    "sft_model": "helpers.sft_pipeline",
+    "comparisons": "helpers.preference_pipeline",
 }
 
 
@@ -162,19 +164,25 @@ def register(
 
 
 def known() -> list[str]:
-    """The names of all registered artifacts (providers in :data:`PROVIDERS` imported first)."""
-    _import_providers()
+    """The names of all registered artifacts (providers in :data:`PROVIDERS` imported first;
+    one that fails to import is left out here -- :func:`get` of its name shows the error)."""
+    _import_providers(strict=False)
     return sorted(_REGISTRY)
 
 
-def _import_providers(only: str | None = None) -> None:
+def _import_providers(only: str | None = None, strict: bool = True) -> None:
     """Import the provider modules of unregistered names; a provider module already imported
     (its registration since lost, e.g. a registry swapped by a test) re-registers through its
     ``register_artifacts()`` function."""
     for art, module in PROVIDERS.items():
         if (only is None or art == only) and art not in _REGISTRY:
             already = module in sys.modules
-            mod = importlib.import_module(module)
+            try:
+                mod = importlib.import_module(module)
+            except Exception:  # noqa: BLE001
+                if strict:
+                    raise
+                continue
             if already and art not in _REGISTRY and callable(getattr(mod, "register_artifacts", None)):
                 mod.register_artifacts()
 
@@ -355,11 +363,19 @@ def _problem(folder: Path, key: str) -> str | None:
         p = folder / rel
         if not p.is_file():
             return f"file {rel} is missing"
-        if p.stat().st_size != info.get("size"):
-            return f"file {rel} has {p.stat().st_size} bytes, the manifest says {info.get('size')}"
+        st = p.stat()
+        if st.st_size != info.get("size"):
+            return f"file {rel} has {st.st_size} bytes, the manifest says {info.get('size')}"
+        stamp = (str(p), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, info.get("sha256"))
+        if stamp in _verified:
+            continue
         if _sha256(p) != info.get("sha256"):
             return f"file {rel} fails its sha256 check"
+        _verified.add(stamp)  # hashed once per process while the file stays unchanged
     return None
+
+
+_verified: set[tuple[Any, ...]] = set()
 
 
 def _remove_tree(folder: Path) -> None:
@@ -380,6 +396,12 @@ def _remove_tree(folder: Path) -> None:
 def _build(entry: _Entry, config: dict[str, Any], material: dict[str, Any], key: str, final: Path) -> Path:
     """Build into a temporary folder beside ``final``; rename it into place when complete."""
     final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f".tmp-{final.name}-*"):  # left by a killed build a day ago
+        try:
+            if time.time() - stale.stat().st_mtime > 86400:
+                shutil.rmtree(stale, ignore_errors=True)
+        except OSError:
+            pass
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     try:
         start = time.time()
@@ -456,18 +478,18 @@ def get(name: str, **config: Any) -> Any:
     try:
         return entry.load_fn(folder, **full)
     except Exception as err:  # noqa: BLE001 - any failure to read means the folder is unusable
-        if folder.parent == cache_root():
+        material = _key_material(entry, config)
+        key = _digest(material)
+        cached = cache_root() / f"{name}-{key[:16]}"
+        if folder == cached:
             _note(f"could not load the cached artifact {folder} ({type(err).__name__}: {err}); rebuilding it.")
             _remove_tree(folder)
         else:
             _note(f"could not load the shipped artifact {folder} ({type(err).__name__}: {err}); "
-                  "building it in the cache instead.")
-        material = _key_material(entry, config)
-        key = _digest(material)
-        cached = cache_root() / f"{name}-{key[:16]}"
-        if cached.exists() and cached != folder:
+                  "using the cache instead.")
+        if cached.exists() and (folder == cached or _problem(cached, key) is not None):
             _remove_tree(cached)
-        rebuilt = _build(entry, config, material, key, cached)
+        rebuilt = cached if cached.exists() else _build(entry, config, material, key, cached)
         try:
             return entry.load_fn(rebuilt, **full)
         except Exception as err2:  # noqa: BLE001

@@ -100,7 +100,7 @@ def build_sft_model(
     world = World(world_seed)
     train, val = sft_examples(world, "train"), sft_examples(world, "val")
     if tiny:  # grading: a few steps on a few examples, just to exercise the pipeline
-        train, val = train[:64], val[:16]
+        train, val = train[:48], val[:8]
     model = load_default_model(tiny=tiny, world_seed=world_seed) if base is None else base
     start = time.time()
     with torch.random.fork_rng(devices=[]):

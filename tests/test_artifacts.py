@@ -26,6 +26,8 @@ def sandbox(tmp_path, monkeypatch):
     work.mkdir()
     monkeypatch.setenv("RLHF_COURSE_CACHE", str(cache))
     monkeypatch.chdir(work)
+    import helpers.default_model  # noqa: F401  (registers "default_model" in the real registry first)
+
     monkeypatch.setattr(artifacts, "_REGISTRY", dict(artifacts._REGISTRY))
     return tmp_path
 
