@@ -67,7 +67,10 @@ def nbgrader_env() -> dict[str, str]:
 
 def run_nbgrader(course: Path, *args: str) -> str:
     cmd = [sys.executable, "-m", "nbgrader", *args, f"--CourseDirectory.root={course}"]
-    proc = subprocess.run(cmd, cwd=course, env=nbgrader_env(), capture_output=True, text=True)
+    env = nbgrader_env()
+    # Grading runs tiny configurations: one BLAS thread avoids oversubscription stalls on small cores.
+    env.setdefault("OMP_NUM_THREADS", "1")
+    proc = subprocess.run(cmd, cwd=course, env=env, capture_output=True, text=True)
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise GradingError(f"`nbgrader {' '.join(args)}` failed (exit {proc.returncode}):\n{log[-4000:]}")

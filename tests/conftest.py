@@ -25,3 +25,19 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 from helpers.export import refresh  # noqa: E402
 
 refresh(ROOT)  # minirlhf/ is generated, never committed: bring it up to date once per run
+
+
+def pytest_sessionstart(session):
+    """Build the tiny models that notebooks 02+ load while grading, once, before any worker starts.
+
+    A notebook cell under nbgrader has 30 s; training even the tiny default and SFT models from an
+    empty cache can take longer on a loaded 2-core machine. Releases ship these prebuilt; the test
+    run builds them here (in the controller process: xdist workers find them in the cache).
+    """
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    from helpers import artifacts
+
+    for name in ("default_model", "sft_model"):
+        if name in artifacts.PROVIDERS:
+            artifacts.get(name, tiny=True)
