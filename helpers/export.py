@@ -99,6 +99,8 @@ def refresh(root: str | Path) -> list[Path]:
     """Re-export the notebooks whose library code changed since their module was written."""
     root = Path(root)
     pkg = root / PACKAGE
+    if not (pkg / "__init__.py").is_file():  # a fresh checkout: nothing exported yet
+        return export(root)
     changed = []
     for nb_id, path in source_notebooks(root):
         out = pkg / f"{module_name(nb_id)}.py"

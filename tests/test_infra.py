@@ -111,3 +111,8 @@ def test_module_names():
 def test_authoring_rejects_untitled_solution():
     with pytest.raises(ValueError, match="grade id"):
         text_to_notebook("# %% [solution]\ndef f(): pass\n")
+
+
+def test_refresh_exports_everything_in_a_fresh_checkout(course_root):
+    written = refresh(course_root)
+    assert sorted(p.name for p in written) == ["__init__.py", "first.py", "second.py"]
