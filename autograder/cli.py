@@ -50,7 +50,8 @@ def cmd_release(args: argparse.Namespace) -> int:
     out = Path(args.out).resolve()
     ids = args.assignments or course.notebook_ids()
     with tempfile.TemporaryDirectory(prefix="rlhf-release-") as tmp:
-        crs = course.build_course(Path(tmp), ids)
+        print("[release] building/copying the trained models the notebooks load (first time: minutes) ...", flush=True)
+        crs = course.build_course(Path(tmp), ids, full_artifacts=not args.no_artifacts)
         for nb_id in ids:
             print(f"[release] {nb_id}: nbgrader generate_assignment ...", flush=True)
             released = course.generate_assignment(crs, nb_id)
@@ -59,7 +60,8 @@ def cmd_release(args: argparse.Namespace) -> int:
                 shutil.rmtree(dest)
             shutil.copytree(released, dest)
             print(f"[release] {nb_id} -> {dest}")
-    print(f"Release written to {out}: give each student folder <id>/ as it is (notebook, helpers/, minirlhf/).")
+    print(f"Release written to {out}: give each student folder <id>/ as it is "
+          "(notebook, helpers/, minirlhf/, artifacts/).")
     return 0
 
 
@@ -165,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("release", help="generate the student release of every notebook")
     s.add_argument("assignments", nargs="*", help="notebook ids (default: all)")
     s.add_argument("--out", default=str(ROOT / "release"), help="release folder (default: release/)")
+    s.add_argument("--no-artifacts", action="store_true",
+                   help="ship only the tiny grading models, not the full-size ones students train with")
     s.set_defaults(fn=cmd_release)
 
     s = sub.add_parser("grade", help="autograde one submitted notebook")

@@ -70,6 +70,7 @@ def run_nbgrader(course: Path, *args: str) -> str:
     env = nbgrader_env()
     # Grading runs tiny configurations: one BLAS thread avoids oversubscription stalls on small cores.
     env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     proc = subprocess.run(cmd, cwd=course, env=env, capture_output=True, text=True)
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:
@@ -77,7 +78,26 @@ def run_nbgrader(course: Path, *args: str) -> str:
     return log
 
 
-def build_course(course: Path, assignments: list[str], root: Path = ROOT) -> Path:
+# The trained models each notebook loads (helpers.artifacts names). They ship prebuilt beside the
+# notebook (``<id>/artifacts/``) so that students never wait and grading never trains.
+NOTEBOOK_ARTIFACTS: dict[str, tuple[str, ...]] = {
+    "02_sft": ("default_model",),
+    "03_preference_data": ("default_model", "sft_model"),
+}
+
+
+def ship_artifacts(dest: Path, nb_id: str, *, full: bool) -> None:
+    """Copy the artifacts ``nb_id`` needs into ``dest/artifacts`` (tiny ones always; full ones if asked)."""
+    names = NOTEBOOK_ARTIFACTS.get(nb_id, ())
+    if not names:
+        return
+    from helpers import artifacts
+
+    for tiny in (True, False) if full else (True,):
+        artifacts.ship(dest, names, tiny=tiny)
+
+
+def build_course(course: Path, assignments: list[str], root: Path = ROOT, *, full_artifacts: bool = False) -> Path:
     """Lay out an nbgrader course for ``assignments`` in the (new or empty) folder ``course``."""
     course.mkdir(parents=True, exist_ok=True)
     (course / "nbgrader_config.py").write_text(CONFIG_TEMPLATE.format(root=str(course)), encoding="utf-8")
@@ -90,6 +110,7 @@ def build_course(course: Path, assignments: list[str], root: Path = ROOT) -> Pat
         shutil.copytree(root / "helpers", dest / "helpers", ignore=ignore, dirs_exist_ok=True)
         if any(earlier < nb_id for earlier in notebook_ids(root)):
             export(root, dest, before=nb_id)
+        ship_artifacts(dest, nb_id, full=full_artifacts)
     return course
 
 

@@ -152,12 +152,17 @@ def _load(folder: Path, *, tiny: bool, seed: int, world_seed: int) -> dict[str, 
     return {"train": pairs["train"], "val": pairs["val"], "rankings": rankings, "stats": stats, "path": folder}
 
 
-artifacts.register(
-    "comparisons", _build, _load,
-    depends_on=["helpers/preference_pipeline.py", "helpers/labeling.py", "helpers/world.py", "helpers/datasets.py",
-                "helpers/vocab.py", "minirlhf.preference_data", "minirlhf.tokenizer_gpt2", "artifact:sft_model"],
-    defaults={"tiny": False, "seed": 0, "world_seed": 0},
-)
+def register_artifacts() -> None:
+    """Register the "comparisons" artifact (again, if a test swapped the registry)."""
+    artifacts.register(
+        "comparisons", _build, _load,
+        depends_on=["helpers/preference_pipeline.py", "helpers/labeling.py", "helpers/world.py", "helpers/datasets.py",
+                    "helpers/vocab.py", "minirlhf.preference_data", "minirlhf.tokenizer_gpt2", "artifact:sft_model"],
+        defaults={"tiny": False, "seed": 0, "world_seed": 0},
+    )
+
+
+register_artifacts()
 
 
 def load_comparisons(tiny: bool | None = None, *, seed: int = 0, world_seed: int = 0) -> dict[str, Any]:

@@ -127,12 +127,17 @@ def _load(folder: Path, *, tiny: bool, seed: int, world_seed: int) -> GPT2:
     return load_gpt2_checkpoint(folder)
 
 
-artifacts.register(
-    "sft_model", _build, _load,
-    depends_on=["helpers/sft_pipeline.py", "helpers/world.py", "helpers/vocab.py", "minirlhf.sft",
-                "minirlhf.tokenizer_gpt2", "artifact:default_model"],
-    defaults={"tiny": False, "seed": 0, "world_seed": 0},
-)
+def register_artifacts() -> None:
+    """Register the "sft_model" artifact (again, if a test swapped the registry)."""
+    artifacts.register(
+        "sft_model", _build, _load,
+        depends_on=["helpers/sft_pipeline.py", "helpers/world.py", "helpers/vocab.py", "minirlhf.sft",
+                    "minirlhf.tokenizer_gpt2", "artifact:default_model"],
+        defaults={"tiny": False, "seed": 0, "world_seed": 0},
+    )
+
+
+register_artifacts()
 
 
 def load_sft_model(tiny: bool | None = None, *, seed: int = 0, world_seed: int = 0) -> GPT2:

@@ -15,6 +15,7 @@ os.environ.setdefault("COURSE_NO_PROGRESS", "1")
 # Two xdist workers on two cores: one BLAS thread each (and in the kernels they start), or tiny
 # matrix products stall behind oversubscribed thread pools (seen: 3 us -> 31 ms).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # idle OpenMP threads must not spin on a shared core
 # Kernels started by nbclient/nbgrader run `python` from PATH: make it this interpreter.
 os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
 
