@@ -19,6 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # the corpus builder imports the shared test oracles
 
 from helpers import load_notebook  # noqa: E402
 from helpers.vocab import EOT_ID, EOT_TOKEN, VOCAB_PATH, VOCAB_SHA256, load_gpt2_ranks  # noqa: E402

@@ -14,6 +14,7 @@ import os
 import random
 import unicodedata
 
+import oracles
 import pytest
 import torch
 
@@ -135,27 +136,7 @@ def ranks():
 
 @pytest.fixture(scope="module")
 def oracle():
-    tiktoken = pytest.importorskip("tiktoken")
-    from tiktoken.load import load_tiktoken_bpe
-    from tiktoken_ext.openai_public import r50k_pat_str
-
-    # TIKTOKEN_CACHE_DIR="" makes tiktoken read the local file directly (no copy in a temp cache).
-    old = os.environ.get("TIKTOKEN_CACHE_DIR")
-    os.environ["TIKTOKEN_CACHE_DIR"] = ""
-    try:
-        mergeable = load_tiktoken_bpe(str(vocab.VOCAB_PATH), expected_hash=VOCAB_SHA256)
-    finally:
-        if old is None:
-            del os.environ["TIKTOKEN_CACHE_DIR"]
-        else:
-            os.environ["TIKTOKEN_CACHE_DIR"] = old
-    return tiktoken.Encoding(
-        name="gpt2_course_local",
-        pat_str=r50k_pat_str,  # what tiktoken's own "gpt2" encoding uses
-        mergeable_ranks=mergeable,
-        special_tokens={EOT: 50256},
-        explicit_n_vocab=50257,
-    )
+    return oracles.gpt2_tiktoken()
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import random
 from pathlib import Path
 
+import oracles
 import pytest
 import torch
 import torch.nn.functional as F
@@ -114,23 +114,9 @@ def test_build_sft_example_errors(nb):
 
 def test_examples_tokenize_like_tiktoken_on_the_whole_text(nb):
     """prompt ids + ' response' ids + EOS == tiktoken(format_example): splitting the text is harmless."""
-    tiktoken = pytest.importorskip("tiktoken")
-    from tiktoken.load import load_tiktoken_bpe
-    from tiktoken_ext.openai_public import r50k_pat_str
-
     from helpers import vocab
 
-    old = os.environ.get("TIKTOKEN_CACHE_DIR")
-    os.environ["TIKTOKEN_CACHE_DIR"] = ""
-    try:
-        mergeable = load_tiktoken_bpe(str(vocab.VOCAB_PATH), expected_hash=vocab.VOCAB_SHA256)
-    finally:
-        if old is None:
-            del os.environ["TIKTOKEN_CACHE_DIR"]
-        else:
-            os.environ["TIKTOKEN_CACHE_DIR"] = old
-    enc = tiktoken.Encoding(name="gpt2_local_nb02", pat_str=r50k_pat_str, mergeable_ranks=mergeable,
-                            special_tokens={EOT_TOKEN: EOS}, explicit_n_vocab=50257)
+    enc = oracles.gpt2_tiktoken()
     ranks = vocab.load_gpt2_ranks()
     demos = World(0).demonstrations("train")[:150]
     for d in demos:

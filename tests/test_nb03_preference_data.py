@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import random
 from pathlib import Path
 
+import oracles
 import pytest
 import torch
 
@@ -323,23 +323,9 @@ def test_tokenize_comparison_truncation_padding_and_masks(nb):
 
 
 def test_tokenize_comparison_equals_tiktoken_of_the_whole_example(nb):
-    tiktoken = pytest.importorskip("tiktoken")
-    from tiktoken.load import load_tiktoken_bpe
-    from tiktoken_ext.openai_public import r50k_pat_str
-
     from helpers import vocab
 
-    old = os.environ.get("TIKTOKEN_CACHE_DIR")
-    os.environ["TIKTOKEN_CACHE_DIR"] = ""
-    try:
-        mergeable = load_tiktoken_bpe(str(vocab.VOCAB_PATH), expected_hash=vocab.VOCAB_SHA256)
-    finally:
-        if old is None:
-            del os.environ["TIKTOKEN_CACHE_DIR"]
-        else:
-            os.environ["TIKTOKEN_CACHE_DIR"] = old
-    enc = tiktoken.Encoding(name="gpt2_local_nb03", pat_str=r50k_pat_str, mergeable_ranks=mergeable,
-                            special_tokens={EOT_TOKEN: EOS}, explicit_n_vocab=50257)
+    enc = oracles.gpt2_tiktoken()
     world = World(0)
     rng = random.Random(5)
     for prompt in world.prompts("train")[:40]:
