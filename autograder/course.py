@@ -83,6 +83,8 @@ def run_nbgrader(course: Path, *args: str) -> str:
 NOTEBOOK_ARTIFACTS: dict[str, tuple[str, ...]] = {
     "02_sft": ("default_model",),
     "03_preference_data": ("default_model", "sft_model"),
+    "04_reward_model": ("sft_model", "comparisons"),
+    "05_value_head": ("sft_model", "reward_model"),
 }
 
 

@@ -103,6 +103,7 @@ PROVIDERS: dict[str, str] = {
     "default_model": "helpers.default_model",
     "sft_model": "helpers.sft_pipeline",
     "comparisons": "helpers.preference_pipeline",
+    "reward_model": "helpers.reward_pipeline",
 }
 
 

@@ -39,6 +39,6 @@ def pytest_sessionstart(session):
         return
     from helpers import artifacts
 
-    for name in ("default_model", "sft_model"):
+    for name in ("default_model", "sft_model", "comparisons", "reward_model"):
         if name in artifacts.PROVIDERS:
             artifacts.get(name, tiny=True)
