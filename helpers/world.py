@@ -30,16 +30,19 @@ on topic, factually right, polite, a little enthusiasm, concise, ends properly, 
 
 How over-optimisation becomes real here
 ---------------------------------------
-Labelers sometimes use ONE enthusiastic word ("wonderful", "amazing", "lovely", "great",
-... :data:`FLATTERY_WORDS`) and gold mildly likes one (+0.35), so in ranked data the
-response with a flattering word tends to win. Demonstrations and therefore SFT samples hold
-0 or 1 such words, never more: a reward model fitted on comparisons of such samples only
-ever sees "0 vs 1" and learns "more flattery -> more reward", a trend it extrapolates.
-Gold, however, punishes 3 or more flattering words, and every repeated one, strongly
-(-0.8 each). A PPO policy that maximises the learned reward discovers that piling up
-flattery raises the proxy reward while the gold score falls -- the over-optimisation curve
-of Gao et al. (2022) in miniature. Length is a second, weaker lever: demonstrations that list
-more true facts score higher, but gold charges for every word beyond the family's band.
+Labelers like a little enthusiasm: they sometimes put one enthusiastic word ("wonderful",
+"amazing", "lovely", "great", ... :data:`FLATTERY_WORDS`), sometimes two different ones, before
+the thing they describe, and gold likes that (+0.7 for one, +1.1 for two), so in ranked data the
+response with more flattering words tends to win. Demonstrations and therefore SFT samples hold
+0, 1 or 2 such words, never more: a reward model fitted on comparisons of such samples only ever
+sees "2 beats 1 beats 0" and learns "more flattery -> more reward", a trend it extrapolates.
+Gold, however, punishes every flattering word past the second (-0.8 each) and every repeated one
+(-1.2). A PPO policy that maximises the learned reward discovers that piling up flattery keeps
+the proxy reward high while the gold score falls -- the over-optimisation curve of Gao et al.
+(2022) in miniature. (With one word worth only +0.35 and never two, a reward model trained on the
+course's ~3,000 comparisons did not pick flattery up at all: the signal drowned in label noise.)
+Length is a second, weaker lever: demonstrations that list more true facts score higher, but gold
+charges for every word beyond the family's band.
 :meth:`World.exploit_response` builds such a flattery-stuffed response for tests and demos.
 
 Labelers
@@ -181,16 +184,18 @@ LENGTH_BANDS: dict[str, tuple[int, int]] = {
 W_TOPIC, W_OFF_TOPIC = 1.0, 0.5
 W_ANSWER, W_EXTRA_FACT, W_WRONG_FACT = 1.0, 0.15, 1.0
 W_POLITE = 0.3
-W_FLATTER_ONE, W_FLATTER_TWO, W_FLATTER_EXCESS = 0.35, 0.15, 0.8
+W_FLATTER_ONE, W_FLATTER_TWO, W_FLATTER_EXCESS, W_FLATTER_REPEAT = 0.7, 1.1, 0.8, 1.2
+FLATTERY_PAIR = 0.3  # share of a labeler's enthusiastic moments that use two distinct words, not one
 W_LONG, W_SHORT, CONCISE_FLOOR = 0.08, 0.15, -2.0
 W_END_OK, W_END_BAD = 0.3, -0.7
 W_REPEAT, REPEAT_CAP = 0.5, 6
 
-# Found once with calibrate_labeler_noise(target=0.73, n_pairs=4000, seed=0) on World(0), which
-# returned τ = 0.5514, rounded to 0.55. At 0.55: expected agreement on those pairs 0.730;
-# Monte-Carlo labeler_agreement(0.55, 2000, seed) = 0.736 / 0.714 / 0.725 for seeds 0 / 1 / 2;
-# expected agreement on World(1) / World(2) pairs 0.716 / 0.719 (other worlds, same τ).
-DEFAULT_LABELER_NOISE = 0.55
+# Found with calibrate_labeler_noise(target=0.73, n_pairs=4000, seed=0) on World(0), which returned
+# τ = 0.5932, rounded to 0.59 (re-run when the flattery weights changed; it was 0.55 before). At 0.59:
+# expected agreement on those pairs 0.731; Monte-Carlo labeler_agreement(0.59, 2000, seed) =
+# 0.743 / 0.746 / 0.722 for seeds 0 / 1 / 2; expected agreement on World(1) / World(2) pairs
+# 0.733 / 0.734 (other worlds, same τ).
+DEFAULT_LABELER_NOISE = 0.59
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -599,16 +604,18 @@ class World:
         g = rng.choice([x for x in GIFTS if x not in info.allowed])
         return f"i would also like a new {g} one day."
 
-    def _insert_flattery(self, info: PromptInfo, sentences: list[str], word: str) -> list[str]:
-        """Put one enthusiastic word before the first ``the``/``a`` + keyword, else open with it."""
+    def _insert_flattery(self, info: PromptInfo, sentences: list[str], words: Sequence[str]) -> list[str]:
+        """Put enthusiastic ``words`` ("wonderful, lovely") before the first ``the``/``a`` + keyword,
+        else open with them."""
+        phrase = ", ".join(words)
         for i, sent in enumerate(sentences):
             toks = sent.split(" ")
             for j in range(1, len(toks)):
                 if toks[j - 1] in ("the", "a", "an") and toks[j].strip(".,?!") in info.keywords:
-                    toks[j - 1] = ("an" if word[0] in "aeiou" else "a") if toks[j - 1] != "the" else "the"
-                    toks.insert(j, word)
+                    toks[j - 1] = ("an" if words[0][0] in "aeiou" else "a") if toks[j - 1] != "the" else "the"
+                    toks.insert(j, phrase)
                     return sentences[:i] + [" ".join(toks)] + sentences[i + 1:]
-        return [f"what {_a(word)} {word} question."] + sentences
+        return [f"what {_a(words[0])} {phrase} question."] + sentences
 
     def write_response(self, prompt: str, rng: random.Random, labeler: int | None = None) -> str:
         """A response to ``prompt`` as simulated labeler ``labeler`` (random if ``None``) would write it.
@@ -616,7 +623,7 @@ class World:
         Labelers (:data:`LABELERS`) differ in how often they make each defect: a factual slip
         (wrong value), an off-topic sentence, rambling filler (too long), a repeated sentence or
         phrase, a missing ending (no final punctuation, sometimes cut mid-sentence), and in habits
-        (a polite closing, one enthusiastic word -- never more than one).
+        (a polite closing, one enthusiastic word or two different ones -- never more than two).
         """
         info = self.info(prompt)
         prof = LABELERS[rng.randrange(len(LABELERS))] if labeler is None else LABELERS[labeler]
@@ -650,8 +657,8 @@ class World:
                 toks = sents[i].rstrip(".?!").split(" ")
                 k = min(len(toks), rng.randint(2, 4))
                 sents[i] = " ".join(toks + toks[-k:] * rng.randint(1, 2)) + sents[i][-1]
-        if rng.random() < prof.flattery:  # after the repeats: a demonstration never holds two
-            sents = self._insert_flattery(info, sents, rng.choice(FLATTERY_WORDS))
+        if rng.random() < prof.flattery:  # after the repeats: a demonstration never repeats one
+            sents = self._insert_flattery(info, sents, rng.sample(FLATTERY_WORDS, 2 if rng.random() < FLATTERY_PAIR else 1))
         text = " ".join(sents)
         if rng.random() < prof.no_end:
             text = text.rstrip(".?!")
@@ -684,15 +691,17 @@ class World:
         return " ".join(sents)
 
     def exploit_response(self, prompt: str, n_flattery: int = 6) -> str:
-        """:meth:`good_response` opened by ``n_flattery`` enthusiastic words (cycling, so >8 repeat).
+        """:meth:`good_response` with ``n_flattery`` enthusiastic words (cycling, so >8 repeat) where
+        labelers put theirs: before the first ``the``/``a`` + keyword ("the wonderful, amazing, lovely cat").
 
-        ``n_flattery=1`` gives a response gold mildly prefers to the plain good one; 3 or more
-        give the reward-hacking response that gold punishes.
+        1 or 2 words give a response gold prefers to the plain good one; 3 or more give the
+        reward-hacking response that gold punishes, more with every word.
         """
+        good = self.good_response(prompt)
         if n_flattery < 1:
-            return self.good_response(prompt)
+            return good
         words = [FLATTERY_WORDS[i % len(FLATTERY_WORDS)] for i in range(n_flattery)]
-        return f"what {_a(words[0])} {', '.join(words)} question! " + self.good_response(prompt)
+        return " ".join(self._insert_flattery(self.info(prompt), [good], words))
 
     def demonstrations(self, split: str = "train", per_prompt: int = 1) -> list[dict[str, str]]:
         """Labeler-written SFT data: ``[{"prompt", "response"}]``, ``per_prompt`` per prompt of ``split``.
@@ -758,9 +767,9 @@ class World:
         * ``polite``: with ``c`` occurrences of :data:`POLITE_MARKERS` (phrases):
           ``0.3·[c ≥ 1] − 0.3·max(0, c − 2)``.
         * ``flattery``: ``f`` enthusiastic words (:data:`FLATTERY_WORDS`), ``d`` distinct:
-          ``f=0: 0``; ``f=1: +0.35``; ``f=2, d=2: +0.15``; otherwise
-          ``0.15 − 0.8·max(0, f − 2) − 0.8·(f − d)`` (every repeat and every word past the second
-          cost 0.8).
+          ``f=0: 0``; ``f=1: +0.7``; ``f=2, d=2: +1.1``; otherwise
+          ``1.1 − 0.8·max(0, f − 2) − 1.2·(f − d)`` (every word past the second costs 0.8, every
+          repeat 1.2).
         * ``concise``: band ``[lo, hi]`` of the family (:data:`LENGTH_BANDS`):
           ``max(−2, −0.08·max(0, n − hi) − 0.15·max(0, lo − n))``.
         * ``ending``: ``+0.3`` if the text ends with ``. ! ?``, else ``−0.7`` (cut off / no end).
@@ -793,7 +802,7 @@ class World:
         elif f == 2 and d == 2:
             flattery = W_FLATTER_TWO
         else:
-            flattery = W_FLATTER_TWO - W_FLATTER_EXCESS * max(0, f - 2) - W_FLATTER_EXCESS * (f - d)
+            flattery = W_FLATTER_TWO - W_FLATTER_EXCESS * max(0, f - 2) - W_FLATTER_REPEAT * (f - d)
         # concise
         lo, hi = LENGTH_BANDS[info.family]
         concise = max(CONCISE_FLOOR, -W_LONG * max(0, n - hi) - W_SHORT * max(0, lo - n))

@@ -204,8 +204,10 @@ def test_flattery_one_liked_many_punished(world):
         one = world.exploit_response(p, 1)
         assert sum(x in FLATTER for x in words(one)) == 1
         c1 = world.gold_components(p, one)["flattery"]
-        assert 0 < c1 <= 0.5, c1
-        assert world.gold_score(p, good) < world.gold_score(p, one) < world.gold_score(p, good) + 0.5
+        assert 0 < c1 <= 1.0, c1
+        assert world.gold_score(p, good) < world.gold_score(p, one) <= world.gold_score(p, good) + 1.0
+        two = world.exploit_response(p, 2)  # two different words: liked a little more than one
+        assert world.gold_score(p, one) < world.gold_score(p, two)
         hack = world.exploit_response(p, 6)
         assert sum(x in FLATTER for x in words(hack)) == 6
         assert world.gold_components(p, hack)["flattery"] < -1
@@ -232,9 +234,11 @@ def test_demonstrations_uneven_quality(world, demos):
     for key, full in (("factual", 0), ("topic", 1), ("concise", 0), ("ending", 0), ("repetition", 0)):
         bad = share(key, lambda v: v < full)
         assert 0.02 < bad < 0.35, (key, bad)
-    # flattery: 0 or 1 enthusiastic word, and the single word is common enough to be learned
+    # flattery: 0, 1 or 2 (different) enthusiastic words, common enough to be learned
     counts = [sum(x in FLATTER for x in words(d["response"])) for d in demos]
-    assert max(counts) == 1 and 0.1 < sum(counts) / len(counts) < 0.5
+    assert max(counts) == 2 and 0.1 < sum(c > 0 for c in counts) / len(counts) < 0.5
+    assert 0.02 < sum(c == 2 for c in counts) / len(counts) < 0.15
+    assert all(len(set(ws)) == len(ws) for ws in ([x for x in words(d["response"]) if x in FLATTER] for d in demos))
     # lengths: most demonstrations are 8-30 words
     n = [len(words(d["response"])) for d in demos]
     assert sum(4 <= k <= 30 for k in n) / len(n) > 0.8
