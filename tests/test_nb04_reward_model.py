@@ -293,3 +293,37 @@ def test_every_validation_cell_has_a_math_twin(nb):
     for gid in ids:
         if gid.endswith("_errors"):
             assert gid[: -len("_errors")] in ids, gid
+
+
+# ----------------------------------------------------------------------------- the shipped artifact
+
+
+def test_reward_model_artifact_round_trips_and_is_normalised():
+    """The tiny "reward_model" artifact: loaded scores equal the trained model's, and its normalisation
+    gives the SFT samples it was fitted on mean 0 / std 1 (recomputed here from the same recipe)."""
+    from helpers import artifacts
+    from helpers.reward_pipeline import build_reward_model, load_reward_model, read_reward_history, reward_normalization
+    from helpers.vocab import load_gpt2_ranks
+    from minirlhf.reward_model import RewardModel, score_texts
+
+    loaded = load_reward_model(tiny=True)
+    assert isinstance(loaded, RewardModel) and not loaded.training
+    fresh, history, norm = build_reward_model(tiny=True, progress=False)
+    ranks = load_gpt2_ranks()
+    prompts = ["describe the fox.", "what colour is the cup?"]
+    responses = ["the wonderful fox is red.", "the cup is blue. i hope this helps."]
+    assert torch.allclose(score_texts(loaded, prompts, responses, ranks), score_texts(fresh, prompts, responses, ranks),
+                          atol=1e-5), "the artifact must reproduce the model its recipe trains"
+    gain, bias = reward_normalization(tiny=True)
+    assert (gain, bias) == pytest.approx((norm["gain"], norm["bias"]), rel=1e-6)
+    assert gain > 0 and norm["n_samples"] == 8
+    assert read_reward_history(tiny=True)["best_epoch"] == history["best_epoch"]
+    assert "reward_model" in artifacts.known()
+
+
+def test_prompt_format_is_the_worlds(nb):
+    from helpers.world import PROMPT_TEMPLATE, format_prompt
+
+    assert nb.PROMPT_TEMPLATE == PROMPT_TEMPLATE
+    for p in ("describe the fox.", "  what colour is the cup?  "):
+        assert nb.format_prompt(p) == format_prompt(p)
