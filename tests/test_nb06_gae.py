@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from cases import random_mask
 from helpers import load_notebook
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,23 +31,6 @@ def nb():
 
 
 # ----------------------------------------------------------------------------- random cases
-
-
-def random_mask(gen: torch.Generator, B: int, T: int, kind: str) -> torch.Tensor:
-    """kind: 'right' / 'left' padded, 'any' (contiguous block anywhere, lengths 0..T) or 'holes'."""
-    if kind == "holes":
-        return torch.rand(B, T, generator=gen) < 0.6
-    mask = torch.zeros(B, T, dtype=torch.bool)
-    for b in range(B):
-        n = int(torch.randint(0, T + 1, (1,), generator=gen))
-        if kind == "right":
-            start = 0
-        elif kind == "left":
-            start = T - n
-        else:
-            start = int(torch.randint(0, T - n + 1, (1,), generator=gen))
-        mask[b, start:start + n] = True
-    return mask
 
 
 def cases(seed: int, n: int, kinds=("right", "left", "any", "holes"), max_b: int = 6, max_t: int = 12):
