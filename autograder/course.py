@@ -85,6 +85,7 @@ NOTEBOOK_ARTIFACTS: dict[str, tuple[str, ...]] = {
     "03_preference_data": ("default_model", "sft_model"),
     "04_reward_model": ("sft_model", "comparisons"),
     "05_value_head": ("sft_model", "reward_model"),
+    "08_ppo_loop": ("sft_model", "reward_model"),
 }
 
 

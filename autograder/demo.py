@@ -43,6 +43,8 @@ def execute_notebook(path: Path, out_dir: Path, *, tiny: bool, cell_timeout: int
     else:
         env.pop("NBGRADER_EXECUTION", None)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    # Idle OpenMP threads must not spin: on a busy 2-core machine PPO iterations stalled 26-47 s without it.
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=cell_timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
