@@ -29,6 +29,7 @@ keeps its full vocabulary (``Vocabulary`` is then the identity numbering).
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 from collections.abc import Callable, Sequence
@@ -57,14 +58,7 @@ __all__ = [
     "world_vocabulary",
 ]
 
-_ranks_cache: dict[bytes, int] | None = None
-
-
-def _ranks() -> dict[bytes, int]:
-    global _ranks_cache
-    if _ranks_cache is None:
-        _ranks_cache = load_gpt2_ranks()
-    return _ranks_cache
+_ranks = functools.cache(load_gpt2_ranks)  # one copy of GPT-2's ranks for this module (read, never modified)
 
 
 # ----------------------------------------------------------------------------- vocabulary
