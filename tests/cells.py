@@ -18,7 +18,7 @@ from helpers import load_notebook
 from helpers.notebook import cell_kind, cell_source, nbgrader_meta, read_notebook
 
 
-def test_cells(notebook: str | Path) -> dict[str, str]:
+def graded_cells(notebook: str | Path) -> dict[str, str]:
     """{grade_id: source} of every graded test cell, in notebook order."""
     nb = read_notebook(notebook)
     return {nbgrader_meta(c)["grade_id"]: cell_source(c) for c in nb["cells"] if cell_kind(c) == "test"}
@@ -39,7 +39,7 @@ def run_test_cells(
     """
     module = module or load_notebook(notebook)
     results: dict[str, BaseException | None] = {}
-    for grade_id, source in test_cells(notebook).items():
+    for grade_id, source in graded_cells(notebook).items():
         if only is not None and not only(grade_id):
             continue
         namespace = dict(vars(module))
@@ -57,3 +57,30 @@ def run_test_cells(
 def failing(results: Mapping[str, BaseException | None]) -> dict[str, str]:
     """{grade_id: 'Type: message'} of the cells that failed."""
     return {k: f"{type(v).__name__}: {v}"[:300] for k, v in results.items() if v is not None}
+
+
+def surviving_variants(notebook: str | Path, module: types.ModuleType,
+                       variants: list[tuple[str, Mapping[str, Any], str]]) -> list[str]:
+    """The wrong variants ``(description, {name: wrong definition}, grading cell)`` that pass their cell."""
+    survivors = []
+    for what, replace, cell in variants:
+        result = run_test_cells(notebook, replace, module=module, only=lambda gid, cell=cell: gid == cell)
+        if result[cell] is None:
+            survivors.append(f"{what} ({cell})")
+    return survivors
+
+
+def validation_cell_problems(notebook: str | Path) -> list[str]:
+    """Validation cells (``<id>_errors``) without a math cell ``<id>``, or worth more than 1 point."""
+    from helpers.notebook import cell_kind, nbgrader_meta, read_notebook
+
+    points = {nbgrader_meta(c)["grade_id"]: nbgrader_meta(c).get("points")
+              for c in read_notebook(notebook)["cells"] if cell_kind(c) == "test"}
+    problems = []
+    for gid, pts in points.items():
+        if gid.endswith("_errors"):
+            if gid[: -len("_errors")] not in points:
+                problems.append(f"{gid}: no math cell {gid[: -len('_errors')]}")
+            if pts != 1:
+                problems.append(f"{gid}: {pts} points (validation is worth 1)")
+    return problems

@@ -16,13 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from cases import random_mask
+from cases import DTYPES, TOL, cases, close, random_mask
 from helpers import load_notebook
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK = ROOT / "notebooks" / "06_gae" / "06_gae.ipynb"
-DTYPES = [torch.float32, torch.float64]
-TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float64: dict(atol=1e-10, rtol=1e-10)}
 
 
 @pytest.fixture(scope="module")
@@ -31,24 +29,6 @@ def nb():
 
 
 # ----------------------------------------------------------------------------- random cases
-
-
-def cases(seed: int, n: int, kinds=("right", "left", "any", "holes"), max_b: int = 6, max_t: int = 12):
-    gen = torch.Generator().manual_seed(seed)
-    for i in range(n):
-        B = int(torch.randint(1, max_b + 1, (1,), generator=gen))
-        T = int(torch.randint(1, max_t + 1, (1,), generator=gen))
-        yield gen, B, T, random_mask(gen, B, T, kinds[i % len(kinds)])
-
-
-def close(got: torch.Tensor, expected, dtype: torch.dtype, what: str) -> None:
-    """got has `dtype` and matches `expected` (a float64 tensor, or Python floats) within TOL[dtype]."""
-    if not isinstance(expected, torch.Tensor):
-        expected = torch.tensor(expected, dtype=torch.float64)
-    assert type(got) is torch.Tensor, f"{what}: not a tensor: {type(got)}"
-    assert got.dtype == dtype, f"{what}: dtype {got.dtype}, expected {dtype}"
-    assert got.shape == expected.shape, f"{what}: shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
-    torch.testing.assert_close(got.double(), expected.double(), **TOL[dtype], msg=lambda m: f"{what}: {m}")
 
 
 def garbage_on_padding(x: torch.Tensor, mask: torch.Tensor, value: float = float("nan")) -> torch.Tensor:
