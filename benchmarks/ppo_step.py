@@ -54,6 +54,8 @@ BENCH = ROOT / "benchmarks"
 PEER_VENV = BENCH / ".peer-venv"
 PEER_REQUIREMENTS = BENCH / "peer-requirements.txt"
 PEER_SCRIPT = BENCH / "_peer_trl.py"
+sys.path.insert(0, str(BENCH))
+from _peer_trl import make_data  # noqa: E402  (stdlib-only at import: the same tokens and scores on both sides)
 NB08 = ROOT / "notebooks" / "08_ppo_loop" / "08_ppo_loop.ipynb"
 WEIGHTS_NOTE = ("random-init weights (GPT-2 small architecture, GPT-2's init): the real GPT-2 small weights are not "
                 "reachable here; speed and memory do not depend on the weight values")
@@ -188,17 +190,6 @@ def load_policy(s: dict):
     model.load_state_dict({k.removeprefix("transformer."): v for k, v in state.items()})
     del state
     return model
-
-
-def make_data(s: dict):
-    """The same query/response tokens and scores as the TRL side (_peer_trl.make_data)."""
-    import torch
-
-    g = torch.Generator().manual_seed(s["seed"])
-    query = torch.randint(0, 50000, (s["batch"], s["query"]), generator=g)
-    response = torch.randint(0, 50000, (s["batch"], s["response"]), generator=g)  # no EOS: full-length rows
-    scores = torch.randn(s["batch"], generator=g)
-    return query, response, scores
 
 
 def ppo_config(nb08, s: dict):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import types
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -84,3 +85,13 @@ def validation_cell_problems(notebook: str | Path) -> list[str]:
             if pts != 1:
                 problems.append(f"{gid}: {pts} points (validation is worth 1)")
     return problems
+
+
+def run_silently(notebook: str | Path, module: types.ModuleType) -> tuple[dict[str, BaseException | None], str, list[str]]:
+    """``run_test_cells`` of the reference, with what it wrote to stderr and the warnings it raised (nbgrader
+    gives 0 to a test cell that writes anything to stderr)."""
+    err = io.StringIO()
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(err):
+        warnings.simplefilter("always")
+        results = run_test_cells(notebook, module=module)
+    return results, err.getvalue(), [str(w.message) for w in caught]

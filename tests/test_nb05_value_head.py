@@ -27,7 +27,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cells import failing, graded_cells, run_test_cells, surviving_variants, validation_cell_problems
+from cells import failing, graded_cells, run_silently, run_test_cells, surviving_variants, validation_cell_problems
 from cases import DTYPES, TOL, cases, close, random_mask
 from helpers import load_notebook
 
@@ -387,12 +387,9 @@ def test_separate_design(nb):
 
 
 def test_reference_passes_every_test_cell_silently(nb):
-    err = io.StringIO()
-    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(err):
-        warnings.simplefilter("always")
-        results = run_test_cells(NOTEBOOK, module=nb)
+    results, stderr, warned = run_silently(NOTEBOOK, nb)
     assert failing(results) == {}
-    assert err.getvalue() == "" and not caught, (err.getvalue(), [str(w.message) for w in caught])
+    assert stderr == "" and not warned, (stderr, warned)
 
 
 # Wrong variants, written independently of the notebook (torch only), as a student might.

@@ -13,16 +13,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import io
 import math
-import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from cells import failing, run_test_cells, surviving_variants, validation_cell_problems
+from cells import failing, run_silently, run_test_cells, surviving_variants, validation_cell_problems
 from helpers import load_notebook
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -307,12 +305,9 @@ def test_restricted_vocabulary_is_the_renormalised_full_model(tiny_models):
 
 
 def test_reference_passes_every_test_cell_silently(nb):
-    err = io.StringIO()
-    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(err):
-        warnings.simplefilter("always")
-        results = run_test_cells(NOTEBOOK, module=nb)
+    results, stderr, warned = run_silently(NOTEBOOK, nb)
     assert failing(results) == {}
-    assert err.getvalue() == "" and not caught, (err.getvalue(), [str(w.message) for w in caught])
+    assert stderr == "" and not warned, (stderr, warned)
 
 
 def _variants(nb):
