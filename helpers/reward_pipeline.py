@@ -51,9 +51,7 @@ from minirlhf.reward_model import (
     RewardConfig,
     RewardModel,
     comparison_items,
-    comparison_rewards,
     fit_reward_normalization,
-    pairwise_accuracy,
     score_texts,
     train_reward_model,
 )
@@ -109,8 +107,7 @@ def build_reward_model(
         )
     history = dict(history, seconds=time.time() - start, n_train=len(train_items), n_val=len(val_items),
                    config=dataclasses.asdict(config))
-    r_c, r_r = comparison_rewards(model, val_items)
-    history["val_accuracy"] = pairwise_accuracy(r_c, r_r)
+    history["val_accuracy"] = history["val_acc"][history["best_epoch"]]  # the kept checkpoint's, measured in training
 
     prompts = World(world_seed).prompts("train")[: 8 if tiny else NORM_PROMPTS]
     responses = generate_responses(
