@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from cases import DTYPES, TOL, cases, close, random_mask
+from cells import failing, graded_cells, run_silently, run_test_cells, surviving_variants, validation_cell_problems
 from helpers import load_notebook
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -437,3 +438,338 @@ def test_compute_gae_is_detached_and_pure(nb):
     x0, ver = x.clone(), x._version
     nb.masked_whiten(x, torch.ones(3, 5))
     assert torch.equal(x, x0) and x._version == ver
+
+
+# ----------------------------------------------------------------------------- the test cells' bar
+#
+# The test cells themselves are checked from both sides: the reference passes all of them; each plausible
+# wrong implementation fails the cell that grades its math; and a correct implementation without any input
+# checks (torch's own errors on bad shapes) keeps every point except those of the `_errors` cells.
+
+
+def _zero(x):
+    return torch.zeros((), dtype=x.dtype)
+
+
+# ------------------------------------------------------------------ correct math, no input checks at all
+
+
+def nv_masked_mean(x, mask, dim=None):
+    m = mask.bool()
+    picked = torch.where(m, x, _zero(x))
+    if dim is None:
+        return picked.sum() / m.sum()
+    return picked.sum(dim) / m.sum(dim).clamp_min(1)
+
+
+def nv_masked_var(x, mask, unbiased=True):
+    m = mask.bool()
+    n = m.sum()
+    centred = torch.where(m, x - nv_masked_mean(x, m), _zero(x))
+    return centred.square().sum() / (n - 1 if unbiased else n)
+
+
+def nv_masked_whiten(x, mask, shift_mean=True):
+    m = mask.bool()
+    mu, var = nv_masked_mean(x, m), nv_masked_var(x, m)
+    y = (x - mu) / torch.sqrt(var + 1e-8)
+    if not shift_mean:
+        y = y + mu
+    return torch.where(m, y, _zero(x))
+
+
+def nv_kl_estimate(logprobs, ref_logprobs, kind="k1"):
+    log_ratio = logprobs - ref_logprobs
+    if kind == "k1":
+        return log_ratio
+    if kind == "k2":
+        return log_ratio.square() / 2
+    return torch.expm1(-log_ratio) + log_ratio
+
+
+def nv_per_token_rewards(scores, logprobs, ref_logprobs, mask, kl_coef):
+    with torch.no_grad():
+        m = mask.bool()
+        rewards = torch.where(m, -kl_coef * (logprobs - ref_logprobs), _zero(logprobs))
+        for b in range(m.shape[0]):
+            where = m[b].nonzero()
+            if len(where):
+                rewards[b, where[-1, 0]] += scores[b]
+    return rewards
+
+
+def nv_td_residuals(rewards, values, mask, gamma):
+    m = mask.bool()
+    v = torch.where(m, values, _zero(values))
+    next_v, columns = torch.zeros_like(v[:, 0]), []
+    for t in reversed(range(m.shape[1])):
+        columns.append(torch.where(m[:, t], rewards[:, t] + gamma * next_v - v[:, t], _zero(rewards)))
+        next_v = torch.where(m[:, t], v[:, t], next_v)
+    return torch.stack(columns[::-1], dim=1)
+
+
+def nv_compute_gae(rewards, values, mask, gamma, lam):
+    with torch.no_grad():
+        m = mask.bool()
+        v = torch.where(m, values, _zero(values))
+        delta = nv_td_residuals(torch.where(m, rewards, _zero(rewards)), v, m, gamma)
+        adv, carry = torch.zeros_like(delta), torch.zeros_like(delta[:, 0])
+        for t in reversed(range(m.shape[1])):
+            carry = torch.where(m[:, t], delta[:, t] + gamma * lam * carry, carry)
+            adv[:, t] = torch.where(m[:, t], carry, _zero(carry))
+        return adv, torch.where(m, adv + v, _zero(v))
+
+
+NO_VALIDATION = {"masked_mean": nv_masked_mean, "masked_var": nv_masked_var, "masked_whiten": nv_masked_whiten,
+                 "kl_estimate": nv_kl_estimate, "per_token_rewards": nv_per_token_rewards,
+                 "td_residuals": nv_td_residuals, "compute_gae": nv_compute_gae}
+
+
+# ------------------------------------------------------------------ plausible wrong math
+
+
+def mean_times_mask(x, mask, dim=None):  # 0 * inf = nan leaks from the padding
+    m = mask.to(x.dtype)
+    return (x * m).sum() / m.sum() if dim is None else (x * m).sum(dim) / m.sum(dim).clamp_min(1)
+
+
+def mean_without_mask(x, mask, dim=None):
+    return x.mean() if dim is None else x.mean(dim)
+
+
+def mean_slices_over_total_count(x, mask, dim=None):
+    m = mask.bool()
+    picked = torch.where(m, x, _zero(x))
+    return picked.sum() / m.sum() if dim is None else picked.sum(dim) / m.sum()
+
+
+def mean_empty_slice_nan(x, mask, dim=None):
+    m = mask.bool()
+    picked = torch.where(m, x, _zero(x))
+    return picked.sum() / m.sum() if dim is None else picked.sum(dim) / m.sum(dim)
+
+
+def mean_of_row_means(x, mask, dim=None):  # every response weighs the same, whatever its length
+    if dim is None:
+        return nv_masked_mean(x, mask, dim=-1).mean()
+    return nv_masked_mean(x, mask, dim)
+
+
+def var_always_biased(x, mask, unbiased=True):
+    return nv_masked_var(x, mask, unbiased=False)
+
+
+def var_always_unbiased(x, mask, unbiased=True):
+    return nv_masked_var(x, mask, unbiased=True)
+
+
+def var_around_the_unmasked_mean(x, mask, unbiased=True):
+    m = mask.bool()
+    n = m.sum()
+    centred = torch.where(m, x - x.mean(), _zero(x))
+    return centred.square().sum() / (n - 1 if unbiased else n)
+
+
+def var_returns_std(x, mask, unbiased=True):
+    return nv_masked_var(x, mask, unbiased).sqrt()
+
+
+def whiten_biased(x, mask, shift_mean=True):
+    m = mask.bool()
+    mu, var = nv_masked_mean(x, m), nv_masked_var(x, m, unbiased=False)
+    y = (x - mu) / torch.sqrt(var + 1e-8) + (0 if shift_mean else mu)
+    return torch.where(m, y, _zero(x))
+
+
+def whiten_keeps_padding(x, mask, shift_mean=True):
+    m = mask.bool()
+    mu, var = nv_masked_mean(x, m), nv_masked_var(x, m)
+    return (x - mu) / torch.sqrt(var + 1e-8) + (0 if shift_mean else mu)
+
+
+def whiten_ignores_shift_mean(x, mask, shift_mean=True):
+    return nv_masked_whiten(x, mask, shift_mean=True)
+
+
+def whiten_detached_stats(x, mask, shift_mean=True):
+    m = mask.bool()
+    mu, var = nv_masked_mean(x.detach(), m), nv_masked_var(x.detach(), m)
+    y = (x - mu) / torch.sqrt(var + 1e-8) + (0 if shift_mean else mu)
+    return torch.where(m, y, _zero(x))
+
+
+def whiten_without_epsilon(x, mask, shift_mean=True):
+    m = mask.bool()
+    mu, var = nv_masked_mean(x, m), nv_masked_var(x, m)
+    y = (x - mu) / torch.sqrt(var) + (0 if shift_mean else mu)
+    return torch.where(m, y, _zero(x))
+
+
+def _kl_with(k3=None, k2=None, k1=None):
+    def kl_estimate(logprobs, ref_logprobs, kind="k1"):
+        l = logprobs - ref_logprobs
+        if kind == "k1":
+            return (k1 or (lambda l: l))(l)
+        if kind == "k2":
+            return (k2 or (lambda l: l.square() / 2))(l)
+        return (k3 or (lambda l: torch.expm1(-l) + l))(l)
+    return kl_estimate
+
+
+def _rewards_with(*, last=None, sign=-1.0, detach=True):
+    """per_token_rewards with the score placed at ``last(mask) -> [B]`` and the penalty ``sign * beta * l``."""
+    def per_token_rewards(scores, logprobs, ref_logprobs, mask, kl_coef):
+        m = mask.bool()
+        with torch.set_grad_enabled(not detach and torch.is_grad_enabled()):
+            rewards = torch.where(m, sign * kl_coef * (logprobs - ref_logprobs), _zero(logprobs))
+            idx = last(m)
+            rows = (m.any(1)).nonzero().flatten()
+            bonus = torch.zeros_like(rewards)
+            bonus[rows, idx[rows]] = scores[rows].to(rewards.dtype)
+            return rewards + bonus
+    return per_token_rewards
+
+
+def _last_by_max(m):
+    return torch.where(m, torch.arange(m.shape[1]).expand_as(m), -1).amax(1)
+
+
+def _td_with(next_value):
+    """td_residuals with V_{t+1} = next_value(v, m) (a [B, T] tensor)."""
+    def td_residuals(rewards, values, mask, gamma):
+        m = mask.bool()
+        return torch.where(m, rewards + gamma * next_value(values, m) - values, _zero(rewards))
+    return td_residuals
+
+
+def _next_column(v, m):  # index t + 1, whatever the mask says there
+    return torch.cat([v[:, 1:], torch.zeros_like(v[:, :1])], 1)
+
+
+def _next_column_or_self(v, m):  # no terminal 0: the last token bootstraps from its own value
+    nxt = _next_column(v, m)
+    is_last = m & ~torch.cat([m[:, 1:], torch.zeros_like(m[:, :1])], 1)
+    return torch.where(is_last, v, nxt)
+
+
+def td_swapped_values(rewards, values, mask, gamma):  # r + gamma V_t - V_{t+1}
+    m = mask.bool()
+    v = torch.where(m, values, _zero(values))
+    next_v = nv_td_residuals(torch.zeros_like(rewards), v, m, 1.0) + v  # V_{t+1}, 0 after the last token
+    return torch.where(m, rewards + gamma * v - next_v, _zero(rewards))
+
+
+def td_discounts_the_reward(rewards, values, mask, gamma):
+    return nv_td_residuals(gamma * rewards, values, mask, gamma)
+
+
+def _gae_with(*, decay=lambda gamma, lam: gamma * lam, skip_last=False, carry_through_padding=True,
+              plus_values=True, mask_returns=True, no_grad=True, forward=False):
+    def compute_gae(rewards, values, mask, gamma, lam):
+        with torch.set_grad_enabled(not no_grad and torch.is_grad_enabled()):
+            m = mask.bool()
+            v = torch.where(m, values, _zero(values))
+            delta = nv_td_residuals(torch.where(m, rewards, _zero(rewards)), v, m, gamma)
+            T = m.shape[1]
+            order = range(T) if forward else reversed(range(T - 1 if skip_last else T))
+            adv, carry = torch.zeros_like(delta), torch.zeros_like(delta[:, 0])
+            for t in order:
+                fresh = delta[:, t] + decay(gamma, lam) * carry
+                carry = torch.where(m[:, t], fresh, carry if carry_through_padding else torch.zeros_like(carry))
+                adv[:, t] = torch.where(m[:, t], carry, _zero(carry))
+            ret = adv + (values if plus_values else 0)
+            return adv, (torch.where(m, ret, _zero(ret)) if mask_returns else ret)
+    return compute_gae
+
+
+WRONG_VARIANTS = [
+    ("masked_mean multiplies by the mask (0 * inf = nan from padding)", {"masked_mean": mean_times_mask},
+     "test_masked_mean"),
+    ("masked_mean ignores the mask", {"masked_mean": mean_without_mask}, "test_masked_mean"),
+    ("masked_mean(dim) divides every slice by the total count", {"masked_mean": mean_slices_over_total_count},
+     "test_masked_mean"),
+    ("masked_mean(dim) gives nan for an empty slice", {"masked_mean": mean_empty_slice_nan}, "test_masked_mean"),
+    ("masked_mean = the mean of the row means", {"masked_mean": mean_of_row_means}, "test_masked_mean"),
+    ("masked_var always biased", {"masked_var": var_always_biased}, "test_masked_var"),
+    ("masked_var always unbiased", {"masked_var": var_always_unbiased}, "test_masked_var"),
+    ("masked_var centred on the mean of all entries", {"masked_var": var_around_the_unmasked_mean},
+     "test_masked_var"),
+    ("masked_var returns the standard deviation", {"masked_var": var_returns_std}, "test_masked_var"),
+    ("masked_whiten with the biased variance", {"masked_whiten": whiten_biased}, "test_masked_whiten"),
+    ("masked_whiten leaves the padding non-zero", {"masked_whiten": whiten_keeps_padding}, "test_masked_whiten"),
+    ("masked_whiten ignores shift_mean", {"masked_whiten": whiten_ignores_shift_mean}, "test_masked_whiten"),
+    ("masked_whiten detaches mean and variance", {"masked_whiten": whiten_detached_stats}, "test_masked_whiten"),
+    ("masked_whiten without the 1e-8", {"masked_whiten": whiten_without_epsilon}, "test_masked_whiten"),
+    ("k3 in the other direction, e^l - 1 - l", {"kl_estimate": _kl_with(k3=lambda l: torch.expm1(l) - l)},
+     "test_kl_estimate"),
+    ("k3 as exp(-l) - 1 + l (no expm1)", {"kl_estimate": _kl_with(k3=lambda l: torch.exp(-l) - 1 + l)},
+     "test_kl_estimate"),
+    ("k2 without the 1/2", {"kl_estimate": _kl_with(k2=lambda l: l.square())}, "test_kl_estimate"),
+    ("k1 with the sign flipped", {"kl_estimate": _kl_with(k1=lambda l: -l)}, "test_kl_estimate"),
+    ("score on the last column", {"per_token_rewards": _rewards_with(last=lambda m: torch.full((m.shape[0],), m.shape[1] - 1))},
+     "test_per_token_rewards"),
+    ("score at mask.sum() - 1", {"per_token_rewards": _rewards_with(last=lambda m: m.sum(1) - 1)},
+     "test_per_token_rewards"),
+    ("score on the first response token", {"per_token_rewards": _rewards_with(last=lambda m: m.long().argmax(1))},
+     "test_per_token_rewards"),
+    ("KL penalty with the sign flipped", {"per_token_rewards": _rewards_with(last=_last_by_max, sign=1.0)},
+     "test_per_token_rewards"),
+    ("rewards not detached", {"per_token_rewards": _rewards_with(last=_last_by_max, detach=False)},
+     "test_per_token_rewards"),
+    ("V_{t+1} from column t + 1, whatever the mask", {"td_residuals": _td_with(_next_column)}, "test_td_residuals"),
+    ("no terminal 0: the last token bootstraps from its own value", {"td_residuals": _td_with(_next_column_or_self)},
+     "test_td_residuals"),
+    ("r + gamma V_t - V_{t+1}", {"td_residuals": td_swapped_values}, "test_td_residuals"),
+    ("the reward discounted too", {"td_residuals": td_discounts_the_reward}, "test_td_residuals"),
+    ("recursion decays with gamma, not gamma * lam", {"compute_gae": _gae_with(decay=lambda g, l: g)}, "test_compute_gae"),
+    ("recursion decays with lam, not gamma * lam", {"compute_gae": _gae_with(decay=lambda g, l: l)}, "test_compute_gae"),
+    ("off by one: the loop skips the last position", {"compute_gae": _gae_with(skip_last=True)}, "test_compute_gae"),
+    ("padding resets the carry (wrong for masks with holes)", {"compute_gae": _gae_with(carry_through_padding=False)},
+     "test_compute_gae"),
+    ("returns = advantages (V not added)", {"compute_gae": _gae_with(plus_values=False)}, "test_compute_gae"),
+    ("returns not zeroed on padding", {"compute_gae": _gae_with(mask_returns=False)}, "test_compute_gae"),
+    ("advantages keep autograd history", {"compute_gae": _gae_with(no_grad=False)}, "test_compute_gae"),
+    ("recursion runs forward in time", {"compute_gae": _gae_with(forward=True)}, "test_compute_gae"),
+]
+
+
+def test_reference_passes_every_test_cell_silently(nb):
+    results, stderr, warned = run_silently(NOTEBOOK, nb)
+    assert failing(results) == {}
+    assert stderr == "" and not warned, (stderr, warned)
+
+
+def test_no_validation_versions_are_correct_math(nb):
+    """The no-check versions used below agree with the reference on valid inputs (else the bar means nothing)."""
+    for gen, B, T, mask in cases(15, 30):
+        x = torch.randn(B, T, generator=gen, dtype=torch.float64)
+        v = torch.randn(B, T, generator=gen, dtype=torch.float64)
+        lp, ref = -torch.rand(B, T, generator=gen, dtype=torch.float64), -torch.rand(B, T, generator=gen, dtype=torch.float64)
+        scores = torch.randn(B, generator=gen, dtype=torch.float64)
+        if int(mask.sum()) >= 2:
+            torch.testing.assert_close(nv_masked_whiten(x, mask), nb.masked_whiten(x, mask))
+            torch.testing.assert_close(nv_masked_var(x, mask), nb.masked_var(x, mask))
+        torch.testing.assert_close(nv_masked_mean(x, mask, dim=1), nb.masked_mean(x, mask, dim=1))
+        torch.testing.assert_close(nv_per_token_rewards(scores, lp, ref, mask, 0.3), nb.per_token_rewards(scores, lp, ref, mask, 0.3))
+        for a, b in zip(nv_compute_gae(x, v, mask, 0.9, 0.8), nb.compute_gae(x, v, mask, 0.9, 0.8)):
+            torch.testing.assert_close(a, b)
+
+
+def test_each_wrong_variant_fails_the_cell_that_grades_it(nb):
+    survivors = surviving_variants(NOTEBOOK, nb, WRONG_VARIANTS)
+    assert not survivors, f"wrong implementations that still pass: {survivors}"
+
+
+def test_correct_math_without_validation_loses_only_the_validation_cells(nb):
+    """Points follow the math: no input checks at all still earns every math cell, and each validation cell
+    notices the missing checks."""
+    failed = failing(run_test_cells(NOTEBOOK, NO_VALIDATION, module=nb))
+    errors_cells = {gid for gid in graded_cells(NOTEBOOK) if gid.endswith("_errors")}
+    assert set(failed) == errors_cells, failed
+
+
+def test_every_validation_cell_has_a_math_twin_and_one_point():
+    assert validation_cell_problems(NOTEBOOK) == []
+    cells = graded_cells(NOTEBOOK)
+    for name in NO_VALIDATION:
+        assert f"test_{name}_errors" in cells, f"{name} promises errors but has no validation cell"

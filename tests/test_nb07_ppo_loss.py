@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+from cells import failing, graded_cells, run_silently, run_test_cells, surviving_variants, validation_cell_problems
 from helpers import load_notebook
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -517,3 +519,395 @@ def test_ppo_loss_optional_parts(nb):
     # float32 in, float32 out
     loss32, stats32 = nb.ppo_loss(**{k: (x.float() if x.is_floating_point() else x) for k, x in core.items()})
     assert loss32.dtype == torch.float32 and all(s.dtype == torch.float32 for s in stats32.values())
+
+
+# ----------------------------------------------------------------------------- the test cells' bar
+#
+# The test cells themselves are checked from both sides: the reference passes all of them, silently; each
+# plausible wrong implementation fails the cell that grades its math; and a correct implementation without
+# any input checks (torch's own errors on bad shapes) keeps every point except those of the `_errors` cells.
+
+
+def _mmean(x, mask):
+    """Masked mean over everything, no checks (nan for an empty mask)."""
+    m = mask.bool()
+    return torch.where(m, x, torch.zeros((), dtype=x.dtype)).sum() / m.sum()
+
+
+# ------------------------------------------------------------------ correct math, no input checks at all
+
+
+def nv_probability_ratio(logprobs, old_logprobs):
+    return torch.exp(logprobs - old_logprobs.detach())
+
+
+def nv_clipped_surrogate_loss(logprobs, old_logprobs, advantages, mask, clip_eps=0.2):
+    ratio, adv = torch.exp(logprobs - old_logprobs.detach()), advantages.detach()
+    return _mmean(torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip_eps, 1 + clip_eps)), mask)
+
+
+def nv_clipped_value_loss(values, old_values, returns, mask, clip_range=0.2):
+    old, ret = old_values.detach(), returns.detach()
+    sq = (values - ret) ** 2
+    if clip_range is not None:
+        sq = torch.max(sq, (old + (values - old).clamp(-clip_range, clip_range) - ret) ** 2)
+    return 0.5 * _mmean(sq, mask)
+
+
+def nv_entropy_from_logits(logits):  # another stable form: log_softmax is finite wherever logits are
+    logp = torch.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def nv_approx_kl(logprobs, old_logprobs, mask):
+    with torch.no_grad():
+        l = logprobs - old_logprobs
+        return _mmean(torch.expm1(l) - l, mask)
+
+
+def nv_clip_fraction(logprobs, old_logprobs, mask, clip_eps=0.2):
+    with torch.no_grad():
+        ratio = torch.exp(logprobs - old_logprobs)
+        return _mmean(((ratio - 1).abs() > clip_eps).to(logprobs.dtype), mask)
+
+
+def nv_mean_response_kl(logprobs, ref_logprobs, mask):
+    with torch.no_grad():
+        return torch.where(mask.bool(), logprobs - ref_logprobs, torch.zeros((), dtype=logprobs.dtype)).sum(1).mean()
+
+
+class NVAdaptiveKLController:
+    def __init__(self, init_kl_coef, target, horizon):
+        self.value, self.target, self.horizon = float(init_kl_coef), target, horizon
+
+    def update(self, current_kl, n_steps):
+        error = max(-0.2, min(0.2, float(current_kl) / self.target - 1))
+        self.value *= 1 + error * n_steps / self.horizon
+
+
+class NVFixedKLController:
+    def __init__(self, kl_coef):
+        self.value = float(kl_coef)
+
+    def update(self, current_kl, n_steps):
+        return None
+
+
+def nv_ptx_lm_loss(logits, input_ids, mask=None):
+    target = input_ids[:, 1:]
+    nll = F.cross_entropy(logits[:, :-1].flatten(0, 1), target.flatten(), reduction="none").view(target.shape)
+    return nll.mean() if mask is None else _mmean(nll, mask[:, 1:])
+
+
+def _ppo_loss_with(*, ent_sign=-1.0, use_vf_coef=True, stats_eps=None, use_ptx=True, ent_mask=True, detach_stats=True):
+    def ppo_loss(logprobs, old_logprobs, advantages, values, old_values, returns, mask, logits=None, *,
+                 clip_eps=0.2, clip_range_value=0.2, vf_coef=0.1, ent_coef=0.0, ptx_logits=None, ptx_labels=None,
+                 ptx_mask=None, ptx_coef=0.0):
+        pol = nv_clipped_surrogate_loss(logprobs, old_logprobs, advantages, mask, clip_eps)
+        val = nv_clipped_value_loss(values, old_values, returns, mask, clip_range_value)
+        loss = pol + (vf_coef if use_vf_coef else 1.0) * val
+        ent = ptx = torch.tensor(float("nan"), dtype=pol.dtype)
+        if logits is not None:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and ent_coef != 0):
+                h = nv_entropy_from_logits(logits)
+                ent = _mmean(h, mask) if ent_mask else h.mean()
+            if ent_coef != 0:
+                loss = loss + ent_sign * ent_coef * ent
+        if ptx_logits is not None and ptx_labels is not None:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and ptx_coef != 0):
+                ptx = nv_ptx_lm_loss(ptx_logits, ptx_labels, ptx_mask)
+            if ptx_coef != 0 and use_ptx:
+                loss = loss + ptx_coef * ptx
+        d = (lambda t: t.detach()) if detach_stats else (lambda t: t)
+        stats = {"loss": d(loss), "policy_loss": d(pol), "value_loss": d(val), "entropy": d(ent), "ptx_loss": d(ptx),
+                 "approx_kl": nv_approx_kl(logprobs, old_logprobs, mask),
+                 "clip_frac": nv_clip_fraction(logprobs, old_logprobs, mask,
+                                               clip_eps if stats_eps is None else stats_eps)}
+        return loss, stats
+    return ppo_loss
+
+
+NO_VALIDATION = {
+    "probability_ratio": nv_probability_ratio, "clipped_surrogate_loss": nv_clipped_surrogate_loss,
+    "clipped_value_loss": nv_clipped_value_loss, "entropy_from_logits": nv_entropy_from_logits,
+    "approx_kl": nv_approx_kl, "clip_fraction": nv_clip_fraction, "mean_response_kl": nv_mean_response_kl,
+    "AdaptiveKLController": NVAdaptiveKLController, "FixedKLController": NVFixedKLController,
+    "ptx_lm_loss": nv_ptx_lm_loss, "ppo_loss": _ppo_loss_with(),
+}
+PROMISES_NO_ERRORS = {"mean_response_kl"}  # its docstring asks for no input checks
+
+
+# ------------------------------------------------------------------ plausible wrong math
+
+
+def ratio_not_detached(logprobs, old_logprobs):
+    return torch.exp(logprobs - old_logprobs)
+
+
+def ratio_inverted(logprobs, old_logprobs):
+    return torch.exp(old_logprobs.detach() - logprobs)
+
+
+def ratio_of_logprobs(logprobs, old_logprobs):
+    return logprobs / old_logprobs.detach()
+
+
+def entropy_log_of_softmax(logits):
+    p = logits.softmax(-1)
+    return -(p * p.log()).sum(-1)
+
+
+def entropy_negated(logits):
+    return -nv_entropy_from_logits(logits)
+
+
+def entropy_in_bits(logits):
+    return nv_entropy_from_logits(logits) / math.log(2)
+
+
+def entropy_wrong_axis(logits):
+    return -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
+
+
+def _surrogate_with(per_token=None, reduce=_mmean, ratio=None, detach_adv=True):
+    """clipped_surrogate_loss with one piece swapped: per_token(adv, rho, eps), reduce(x, mask), ratio(l, eps)."""
+    def clipped_surrogate_loss(logprobs, old_logprobs, advantages, mask, clip_eps=0.2):
+        l = logprobs - old_logprobs.detach()
+        rho = torch.exp(l)
+        adv = advantages.detach() if detach_adv else advantages
+        if ratio is not None:
+            term = torch.max(-adv * rho, -adv * ratio(l, clip_eps))
+        elif per_token is not None:
+            term = per_token(adv, rho, clip_eps)
+        else:
+            term = torch.max(-adv * rho, -adv * rho.clamp(1 - clip_eps, 1 + clip_eps))
+        return reduce(term, mask)
+    return clipped_surrogate_loss
+
+
+def _mean_of_row_means(x, mask):
+    m = mask.bool()
+    rows = m.any(1)
+    per_row = torch.where(m, x, torch.zeros((), dtype=x.dtype)).sum(1) / m.sum(1).clamp_min(1)
+    return per_row[rows].mean()
+
+
+def _value_with(*, combine=torch.max, half=0.5, centre="old", none_as_zero=False, reduce=_mmean, detach_old=True):
+    def clipped_value_loss(values, old_values, returns, mask, clip_range=0.2):
+        old = old_values.detach() if detach_old else old_values
+        ret = returns.detach()
+        c = 0.0 if (clip_range is None and none_as_zero) else clip_range
+        sq = (values - ret) ** 2
+        if c is not None:
+            anchor = old if centre == "old" else ret
+            sq = combine(sq, (anchor + (values - anchor).clamp(-c, c) - ret) ** 2)
+        return half * reduce(sq, mask)
+    return clipped_value_loss
+
+
+def _approx_kl_with(per_token, detach=True, reduce=_mmean):
+    def approx_kl(logprobs, old_logprobs, mask):
+        with torch.set_grad_enabled(not detach and torch.is_grad_enabled()):
+            return reduce(per_token(logprobs - old_logprobs), mask)
+    return approx_kl
+
+
+def _clip_fraction_with(outside, reduce=_mmean):
+    def clip_fraction(logprobs, old_logprobs, mask, clip_eps=0.2):
+        with torch.no_grad():
+            l = logprobs - old_logprobs
+            return reduce(outside(l, clip_eps).to(logprobs.dtype), mask)
+    return clip_fraction
+
+
+def _response_kl_with(per_token=lambda l: l, reduce=None):
+    def mean_response_kl(logprobs, ref_logprobs, mask):
+        with torch.no_grad():
+            m = mask.bool()
+            x = per_token(logprobs - ref_logprobs)
+            if reduce is not None:
+                return reduce(x, mask)
+            return torch.where(m, x, torch.zeros((), dtype=x.dtype)).sum(1).mean()
+    return mean_response_kl
+
+
+def _masked_times_mask_kl(logprobs, ref_logprobs, mask):
+    return ((logprobs - ref_logprobs) * mask.to(logprobs.dtype)).sum(1).mean().detach()
+
+
+def _nonempty_rows_kl(logprobs, ref_logprobs, mask):
+    m = mask.bool()
+    per = torch.where(m, logprobs - ref_logprobs, torch.zeros((), dtype=logprobs.dtype)).sum(1)
+    return per[m.any(1)].mean().detach()
+
+
+def _adaptive_with(step):
+    """AdaptiveKLController whose update is value = step(value, kl, target, n, horizon)."""
+    class AdaptiveKLController(NVAdaptiveKLController):
+        def update(self, current_kl, n_steps):
+            self.value = float(step(self.value, float(current_kl), self.target, n_steps, self.horizon))
+    return AdaptiveKLController
+
+
+def _clip(e):
+    return max(-0.2, min(0.2, e))
+
+
+class MovingFixedKLController(NVFixedKLController):
+    def update(self, current_kl, n_steps):
+        self.value *= 1 + 0.1 * (float(current_kl) > 1)
+
+
+def _ptx_with(*, shift=True, mask_at="target", reduce="mean"):
+    def ptx_lm_loss(logits, input_ids, mask=None):
+        z, target = (logits[:, :-1], input_ids[:, 1:]) if shift else (logits, input_ids)
+        nll = F.cross_entropy(z.flatten(0, 1), target.flatten(), reduction="none").view(target.shape)
+        if mask is None or mask_at == "ignored":
+            m = torch.ones_like(target)
+        elif not shift:
+            m = mask
+        else:
+            m = mask[:, 1:] if mask_at == "target" else mask[:, :-1]
+        m = m.bool()
+        total = torch.where(m, nll, torch.zeros((), dtype=nll.dtype)).sum()
+        return total / m.sum() if reduce == "mean" else total / target.shape[0]
+    return ptx_lm_loss
+
+
+WRONG_VARIANTS = [
+    ("old_logprobs not detached", {"probability_ratio": ratio_not_detached}, "test_probability_ratio"),
+    ("ratio inverted (old / new)", {"probability_ratio": ratio_inverted}, "test_probability_ratio"),
+    ("ratio of the log-probs", {"probability_ratio": ratio_of_logprobs}, "test_probability_ratio"),
+    ("min of the two losses (the optimistic bound)",
+     {"clipped_surrogate_loss": _surrogate_with(per_token=lambda a, r, e: torch.min(-a * r, -a * r.clamp(1 - e, 1 + e)))},
+     "test_clipped_surrogate_loss"),
+    ("only the clipped term",
+     {"clipped_surrogate_loss": _surrogate_with(per_token=lambda a, r, e: -a * r.clamp(1 - e, 1 + e))},
+     "test_clipped_surrogate_loss"),
+    ("the objective, not the loss (sign)",
+     {"clipped_surrogate_loss": _surrogate_with(per_token=lambda a, r, e: torch.min(a * r, a * r.clamp(1 - e, 1 + e)))},
+     "test_clipped_surrogate_loss"),
+    ("clip applied to the log-ratio, |l| <= eps",
+     {"clipped_surrogate_loss": _surrogate_with(ratio=lambda l, e: torch.exp(l.clamp(-e, e)))},
+     "test_clipped_surrogate_loss"),
+    ("mean over all positions, mask ignored", {"clipped_surrogate_loss": _surrogate_with(reduce=lambda x, m: x.mean())},
+     "test_clipped_surrogate_loss"),
+    ("mean of the per-response means (wrong axis)", {"clipped_surrogate_loss": _surrogate_with(reduce=_mean_of_row_means)},
+     "test_clipped_surrogate_loss"),
+    ("advantages not detached", {"clipped_surrogate_loss": _surrogate_with(detach_adv=False)}, "test_clipped_surrogate_loss"),
+    ("min of the two squares", {"clipped_value_loss": _value_with(combine=torch.min)}, "test_clipped_value_loss"),
+    ("no 1/2", {"clipped_value_loss": _value_with(half=1.0)}, "test_clipped_value_loss"),
+    ("value clipped around the returns, not the old values", {"clipped_value_loss": _value_with(centre="returns")},
+     "test_clipped_value_loss"),
+    ("clip_range=None read as 0", {"clipped_value_loss": _value_with(none_as_zero=True)}, "test_clipped_value_loss"),
+    ("value loss over all positions, mask ignored", {"clipped_value_loss": _value_with(reduce=lambda x, m: x.mean())},
+     "test_clipped_value_loss"),
+    ("old_values not detached", {"clipped_value_loss": _value_with(detach_old=False)}, "test_clipped_value_loss"),
+    ("-sum p log p with log(softmax) (0 * log 0 = nan for huge logits)", {"entropy_from_logits": entropy_log_of_softmax},
+     "test_entropy_from_logits"),
+    ("entropy without the minus sign", {"entropy_from_logits": entropy_negated}, "test_entropy_from_logits"),
+    ("entropy in bits", {"entropy_from_logits": entropy_in_bits}, "test_entropy_from_logits"),
+    ("entropy summed over the wrong axis", {"entropy_from_logits": entropy_wrong_axis}, "test_entropy_from_logits"),
+    ("k3 in the other direction, KL(new || old)", {"approx_kl": _approx_kl_with(lambda l: torch.expm1(-l) + l)},
+     "test_approx_kl"),
+    ("k1, the mean of old - new", {"approx_kl": _approx_kl_with(lambda l: -l)}, "test_approx_kl"),
+    ("k3 as exp(l) - 1 - l (no expm1)", {"approx_kl": _approx_kl_with(lambda l: torch.exp(l) - 1 - l)}, "test_approx_kl"),
+    ("approx_kl not detached", {"approx_kl": _approx_kl_with(lambda l: torch.expm1(l) - l, detach=False)},
+     "test_approx_kl"),
+    ("approx_kl over all positions, mask ignored",
+     {"approx_kl": _approx_kl_with(lambda l: torch.expm1(l) - l, reduce=lambda x, m: x.mean())}, "test_approx_kl"),
+    ("|log rho| > eps instead of |rho - 1| > eps", {"clip_fraction": _clip_fraction_with(lambda l, e: l.abs() > e)},
+     "test_clip_fraction"),
+    (">= eps instead of > eps", {"clip_fraction": _clip_fraction_with(lambda l, e: (torch.exp(l) - 1).abs() >= e)},
+     "test_clip_fraction"),
+    ("only ratios above 1 + eps", {"clip_fraction": _clip_fraction_with(lambda l, e: torch.exp(l) - 1 > e)},
+     "test_clip_fraction"),
+    ("clip fraction over all positions, mask ignored",
+     {"clip_fraction": _clip_fraction_with(lambda l, e: (torch.exp(l) - 1).abs() > e, reduce=lambda x, m: x.mean())},
+     "test_clip_fraction"),
+    ("per-token mean KL (the other unit)", {"mean_response_kl": _response_kl_with(reduce=_mmean)}, "test_mean_response_kl"),
+    ("mean over each response's tokens, then over the batch",
+     {"mean_response_kl": _response_kl_with(reduce=_mean_of_row_means)}, "test_mean_response_kl"),
+    ("k3 instead of k1", {"mean_response_kl": _response_kl_with(per_token=lambda l: torch.expm1(-l) + l)},
+     "test_mean_response_kl"),
+    ("KL times the mask (-inf padding gives nan)", {"mean_response_kl": _masked_times_mask_kl}, "test_mean_response_kl"),
+    ("empty responses left out of the batch mean", {"mean_response_kl": _nonempty_rows_kl}, "test_mean_response_kl"),
+    ("error not clipped", {"AdaptiveKLController": _adaptive_with(lambda b, kl, t, n, h: b * (1 + (kl / t - 1) * n / h))},
+     "test_AdaptiveKLController"),
+    ("error inverted, target / KL - 1",
+     {"AdaptiveKLController": _adaptive_with(lambda b, kl, t, n, h: b * (1 + _clip(t / max(kl, 1e-9) - 1) * n / h))},
+     "test_AdaptiveKLController"),
+    ("additive update", {"AdaptiveKLController": _adaptive_with(lambda b, kl, t, n, h: b + _clip(kl / t - 1) * n / h)},
+     "test_AdaptiveKLController"),
+    ("n_steps ignored", {"AdaptiveKLController": _adaptive_with(lambda b, kl, t, n, h: b * (1 + _clip(kl / t - 1) / h))},
+     "test_AdaptiveKLController"),
+    ("the step clipped instead of the error",
+     {"AdaptiveKLController": _adaptive_with(lambda b, kl, t, n, h: b * (1 + _clip((kl / t - 1) * n / h)))},
+     "test_AdaptiveKLController"),
+    ("the fixed coefficient moves", {"FixedKLController": MovingFixedKLController}, "test_FixedKLController"),
+    ("ptx without the shift", {"ptx_lm_loss": _ptx_with(shift=False)}, "test_ptx_lm_loss"),
+    ("ptx mask read at the predicting position", {"ptx_lm_loss": _ptx_with(mask_at="source")}, "test_ptx_lm_loss"),
+    ("ptx mask ignored", {"ptx_lm_loss": _ptx_with(mask_at="ignored")}, "test_ptx_lm_loss"),
+    ("ptx summed over tokens, divided by B", {"ptx_lm_loss": _ptx_with(reduce="per_row")}, "test_ptx_lm_loss"),
+    ("entropy bonus with the wrong sign", {"ppo_loss": _ppo_loss_with(ent_sign=1.0)}, "test_ppo_loss"),
+    ("vf_coef ignored", {"ppo_loss": _ppo_loss_with(use_vf_coef=False)}, "test_ppo_loss"),
+    ("clip_frac logged at the default eps", {"ppo_loss": _ppo_loss_with(stats_eps=0.2)}, "test_ppo_loss"),
+    ("ptx term left out of the loss", {"ppo_loss": _ppo_loss_with(use_ptx=False)}, "test_ppo_loss"),
+    ("entropy averaged over all positions", {"ppo_loss": _ppo_loss_with(ent_mask=False)}, "test_ppo_loss"),
+    ("stats not detached", {"ppo_loss": _ppo_loss_with(detach_stats=False)}, "test_ppo_loss"),
+]
+
+
+def test_reference_passes_every_test_cell_silently(nb):
+    results, stderr, warned = run_silently(NOTEBOOK, nb)
+    assert failing(results) == {}
+    assert stderr == "" and not warned, (stderr, warned)
+
+
+def test_no_validation_versions_are_correct_math(nb):
+    """The no-check versions used below agree with the reference on valid inputs (else the bar means nothing)."""
+    d = ppo_case(80)
+    coefs = dict(clip_eps=0.15, clip_range_value=0.3, vf_coef=0.4, ent_coef=0.02, ptx_coef=0.6)
+    loss, stats = NO_VALIDATION["ppo_loss"](**d, **coefs)
+    ref_loss, ref_stats = nb.ppo_loss(**d, **coefs)
+    torch.testing.assert_close(loss, ref_loss)
+    for k in STAT_KEYS:
+        torch.testing.assert_close(stats[k], ref_stats[k])
+    torch.testing.assert_close(nv_entropy_from_logits(d["logits"] * 1e4), nb.entropy_from_logits(d["logits"] * 1e4))
+    torch.testing.assert_close(nv_mean_response_kl(d["logprobs"], d["old_logprobs"], d["mask"]),
+                               nb.mean_response_kl(d["logprobs"], d["old_logprobs"], d["mask"]))
+
+
+def test_each_wrong_variant_fails_the_cell_that_grades_it(nb):
+    survivors = surviving_variants(NOTEBOOK, nb, WRONG_VARIANTS)
+    assert not survivors, f"wrong implementations that still pass: {survivors}"
+
+
+def test_correct_math_without_validation_loses_only_the_validation_cells(nb):
+    """Points follow the math: no input checks at all still earns every math cell, and each validation cell
+    notices the missing checks."""
+    failed = failing(run_test_cells(NOTEBOOK, NO_VALIDATION, module=nb))
+    errors_cells = {gid for gid in graded_cells(NOTEBOOK) if gid.endswith("_errors")}
+    assert set(failed) == errors_cells, failed
+
+
+def test_every_validation_cell_has_a_math_twin_and_one_point():
+    assert validation_cell_problems(NOTEBOOK) == []
+    cells = graded_cells(NOTEBOOK)
+    for name in set(NO_VALIDATION) - PROMISES_NO_ERRORS:
+        assert f"test_{name}_errors" in cells, f"{name} promises errors but has no validation cell"
+    for name in PROMISES_NO_ERRORS:
+        assert f"test_{name}_errors" not in cells
+
+
+def test_controller_reads_the_kl_per_response(nb):
+    """The unit of the controller's input: 30-token responses at 0.2 nats per token sit on the target of 6."""
+    lp = torch.full((8, 40), -2.0)
+    mask = torch.zeros(8, 40, dtype=torch.bool)
+    mask[:, 5:35] = True
+    kl = nb.mean_response_kl(lp, torch.where(mask, lp - 0.2, lp), mask)
+    ctl = nb.AdaptiveKLController(0.1, target=6.0, horizon=10_000)
+    ctl.update(kl, 8)
+    assert ctl.value == pytest.approx(0.1, rel=1e-5)
+    ctl.update(_mmean(lp - torch.where(mask, lp - 0.2, lp), mask), 8)  # the per-token reading: beta falls
+    assert ctl.value < 0.1 * (1 - 0.19 * 8 / 10_000)
