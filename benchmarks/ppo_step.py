@@ -207,7 +207,7 @@ def ppo_config(nb08, s: dict):
 def ours_models(nb08, s: dict):
     """Policy + value head (notebook 05, shared trunk, zero-init head), its frozen reference copy, Adam, KL control.
 
-    The optimizer is ``train_ppo``'s: ``torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-5)``.
+    The optimizer is ``train_ppo``'s: ``torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-5, fused=True)``.
     """
     import torch
     from minirlhf.ppo_loss import AdaptiveKLController
@@ -216,7 +216,7 @@ def ours_models(nb08, s: dict):
     policy = load_policy(s)
     ref = copy.deepcopy(policy).requires_grad_(False).eval()
     model = PolicyWithValue.shared(policy, init="zero")
-    optimizer = torch.optim.Adam(model.parameters(), lr=s["lr"], eps=s["adam_eps"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=s["lr"], eps=s["adam_eps"], fused=True)
     kl_ctl = AdaptiveKLController(s["init_kl_coef"], s["kl_target"], s["kl_horizon"])
     return model, ref, optimizer, kl_ctl
 
@@ -239,8 +239,8 @@ def rollout_forward(model, batch: dict, temperature: float) -> dict:
 
     P = batch["input_ids"].shape[1] - batch["response_ids"].shape[1]
     with torch.no_grad():
-        logits, values = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"])
-        logprobs = logprobs_from_logits(logits[:, P - 1:-1] / temperature, batch["response_ids"])
+        logits, values = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"], logits_from=P - 1)
+        logprobs = logprobs_from_logits(logits[:, :-1] / temperature, batch["response_ids"])
         m = batch["response_mask"].bool()
         zero = torch.zeros((), dtype=logprobs.dtype)
     return {**batch, "old_logprobs": torch.where(m, logprobs, zero), "values": torch.where(m, values[:, P - 1:-1], zero)}

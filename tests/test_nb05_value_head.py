@@ -122,7 +122,7 @@ def test_exported_module_has_the_contract():
     assert list(inspect.signature(value_head.PolicyWithValue.shared).parameters) == ["policy", "init", "reward_model"]
     assert list(inspect.signature(value_head.PolicyWithValue.separate).parameters) == ["policy", "reward_model"]
     assert list(inspect.signature(value_head.PolicyWithValue.forward).parameters) == [
-        "self", "input_ids", "attention_mask", "position_ids"]
+        "self", "input_ids", "attention_mask", "position_ids", "logits_from"]
 
 
 def test_release_needs_only_earlier_notebooks():
@@ -540,20 +540,30 @@ def wrong_variants(nb):
             else:
                 self.linear.weight.zero_()
 
-    def forward_two_passes(self, input_ids, attention_mask, position_ids=None):
-        logits = self.policy(input_ids, attention_mask, position_ids)
+    def forward_two_passes(self, input_ids, attention_mask, position_ids=None, logits_from=0):
+        logits = self.policy(input_ids, attention_mask, position_ids)[:, logits_from:]
         trunk = self.policy if self.value_trunk is None else self.value_trunk
         return logits, self.value_head(trunk.hidden_states(input_ids, attention_mask, position_ids))
 
-    def forward_detached(self, input_ids, attention_mask, position_ids=None):
+    def forward_detached(self, input_ids, attention_mask, position_ids=None, logits_from=0):
         h = self.policy.hidden_states(input_ids, attention_mask, position_ids)
         hv = h.detach() if self.value_trunk is None else self.value_trunk.hidden_states(input_ids, attention_mask, position_ids)
-        return self.policy.lm_head(h), self.value_head(hv)
+        return self.policy.lm_head(h[:, logits_from:]), self.value_head(hv)
 
-    def forward_no_positions(self, input_ids, attention_mask, position_ids=None):
+    def forward_no_positions(self, input_ids, attention_mask, position_ids=None, logits_from=0):
         h = self.policy.hidden_states(input_ids, attention_mask)
         hv = h if self.value_trunk is None else self.value_trunk.hidden_states(input_ids, attention_mask)
+        return self.policy.lm_head(h[:, logits_from:]), self.value_head(hv)
+
+    def forward_ignores_logits_from(self, input_ids, attention_mask, position_ids=None, logits_from=0):
+        h = self.policy.hidden_states(input_ids, attention_mask, position_ids)
+        hv = h if self.value_trunk is None else self.value_trunk.hidden_states(input_ids, attention_mask, position_ids)
         return self.policy.lm_head(h), self.value_head(hv)
+
+    def forward_slices_values_too(self, input_ids, attention_mask, position_ids=None, logits_from=0):
+        h = self.policy.hidden_states(input_ids, attention_mask, position_ids)
+        hv = h if self.value_trunk is None else self.value_trunk.hidden_states(input_ids, attention_mask, position_ids)
+        return self.policy.lm_head(h[:, logits_from:]), self.value_head(hv[:, logits_from:])
 
     @classmethod
     def separate_shares_rm_trunk(cls, policy, reward_model):
@@ -606,6 +616,12 @@ def wrong_variants(nb):
          "test_PolicyWithValue_shared"),
         ("position_ids ignored", {"PolicyWithValue": _policy_variant(nb, forward=forward_no_positions)},
          "test_PolicyWithValue_shared"),
+        ("logits_from ignored", {"PolicyWithValue": _policy_variant(nb, forward=forward_ignores_logits_from)},
+         "test_PolicyWithValue_shared"),
+        ("values sliced with the logits", {"PolicyWithValue": _policy_variant(nb, forward=forward_slices_values_too)},
+         "test_PolicyWithValue_shared"),
+        ("separate design ignores logits_from",
+         {"PolicyWithValue": _policy_variant(nb, forward=forward_ignores_logits_from)}, "test_PolicyWithValue_separate"),
         ("shared design copies the policy", {"PolicyWithValue": _policy_variant(nb, shared=shared_copies_policy)},
          "test_PolicyWithValue_shared"),
         ("separate design shares the RM's trunk",
