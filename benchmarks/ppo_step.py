@@ -252,7 +252,8 @@ def ppo_step_ours(nb08, model, ref, optimizer, kl_ctl, batch: dict, scores, cfg,
     No-grad forward of policy + value (``rollout``'s) and of the reference (``reference_logprobs``), per-token
     rewards, GAE, whitening, ``ppo_update`` (epochs x minibatches of forward/backward/clip/Adam), KL control.
     """
-    from minirlhf.gae import compute_gae, kl_estimate, masked_whiten, per_token_rewards
+    from minirlhf.gae import compute_gae, masked_whiten, per_token_rewards
+    from minirlhf.ppo_loss import mean_response_kl
 
     batch = rollout_forward(model, batch, cfg.temperature)
     mask = batch["response_mask"]
@@ -263,7 +264,7 @@ def ppo_step_ours(nb08, model, ref, optimizer, kl_ctl, batch: dict, scores, cfg,
     advantages, returns = compute_gae(rewards, batch["values"], mask, cfg.gamma, cfg.lam)
     advantages = masked_whiten(advantages, mask)
     stats = nb08.ppo_update(model, optimizer, {**batch, "advantages": advantages, "returns": returns}, cfg, generator)
-    kl = (kl_estimate(batch["old_logprobs"], ref_logprobs, "k1") * mask).sum(1).mean().item()
+    kl = mean_response_kl(batch["old_logprobs"], ref_logprobs, mask).item()
     kl_ctl.update(kl, cfg.batch_size)
     return {**stats, "kl": kl}
 
@@ -372,7 +373,8 @@ def worker_iteration(s: dict) -> dict:
     reward model (notebook 04's ``RewardModel``; its trunk holds the same random-init weights).
     """
     import torch
-    from minirlhf.gae import compute_gae, kl_estimate, masked_whiten, per_token_rewards
+    from minirlhf.gae import compute_gae, masked_whiten, per_token_rewards
+    from minirlhf.ppo_loss import mean_response_kl
     from minirlhf.reward_model import RewardModel
 
     nb08 = load_nb08()
@@ -399,7 +401,7 @@ def worker_iteration(s: dict) -> dict:
         advantages, returns = compute_gae(rewards, batch["values"], mask, cfg.gamma, cfg.lam)
         advantages = masked_whiten(advantages, mask)
         nb08.ppo_update(model, optimizer, {**batch, "advantages": advantages, "returns": returns}, cfg, generator)
-        kl_ctl.update((kl_estimate(batch["old_logprobs"], ref_logprobs, "k1") * mask).sum(1).mean().item(), cfg.batch_size)
+        kl_ctl.update(mean_response_kl(batch["old_logprobs"], ref_logprobs, mask).item(), cfg.batch_size)
         t["update"] = time.process_time() - c
         print(f"  ours iteration {i} ({'warm-up' if i < s['warmup'] else 'timed'}): "
               + ", ".join(f"{k} {v:.2f}" for k, v in t.items()) + f" (CPU s); response length "
