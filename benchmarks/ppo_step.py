@@ -28,6 +28,11 @@ Times are the median over ``--repeats`` timed steps after ``--warmup`` untimed o
 one at a time, so that a drifting load hits both alike. Targets (issue 8): ours >= 1.5x
 faster per step and <= 0.75x TRL's peak RSS; a whole iteration at batch 8 in <= 4 GiB.
 
+Two floors are printed beside the ratios, so a missed target says whether any rewrite could meet it: the
+**matmul floor** (CPU time of the step's weight products alone, the work both sides must do) and the
+**memory floor** (RSS of Python + torch before any model, plus the weights, gradients, Adam's two moments and
+the frozen reference, which every fp32 PPO step with a trained embedding holds at once).
+
 The last stdout line is one JSON object with every figure.
 """
 
@@ -167,6 +172,18 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def rss_mib() -> float:
+    """Resident set size now (Linux /proc/self/statm: pages)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def state_mib(model, ref) -> float:
+    """The memory no PPO step can avoid: trained weights, their gradients and Adam's two moments, and the reference."""
+    trained = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() * p.element_size() for p in ref.parameters())
+    return (4 * trained + frozen) / 2**20
+
+
 # ----------------------------------------------------------------------------------------------------------
 # our side (runs in the course venv, one process per part)
 # ----------------------------------------------------------------------------------------------------------
@@ -274,6 +291,7 @@ def worker_step(s: dict) -> dict:
 
     nb08 = load_nb08()
     cfg = ppo_config(nb08, s)
+    runtime_rss = rss_mib()  # the interpreter, torch and notebook 08 loaded; no model yet
     model, ref, optimizer, kl_ctl = ours_models(nb08, s)
     query, response, scores = make_data(s)
     batch = rollout_batch(query, response)
@@ -292,6 +310,7 @@ def worker_step(s: dict) -> dict:
         print(f"  ours step {i} ({'warm-up' if i < s['warmup'] else 'timed'}): {t1 - t0:6.2f} s wall, "
               f"{c1 - c0:6.2f} s CPU, loss {stats['loss']:+.4f}, kl {stats['kl']:+.4f}", flush=True)
     return {"wall": wall, "cpu": cpu, "check_logprob_mean": check,
+            "runtime_rss_mib": runtime_rss, "state_mib": state_mib(model, ref),
             "impl": "notebook 08: rollout's forward, reference_logprobs, GAE, ppo_update",
             "versions": {"torch": torch.__version__}}
 
@@ -502,6 +521,8 @@ def main() -> None:
                 "ours_wall_seconds_per_step": median(ours["wall"]), "trl_wall_seconds_per_step": median(trl["wall"]),
                 "matmul_floor_seconds_per_step": floor["seconds"], "matmul_gflop_per_step": floor["gflop"],
                 "max_possible_speedup": t / floor["seconds"],
+                "memory_floor_mib": ours["runtime_rss_mib"] + ours["state_mib"],
+                "min_possible_memory_ratio": (ours["runtime_rss_mib"] + ours["state_mib"]) / trl["peak_rss_mib"],
                 "ours_step_impl": ours["impl"], "trl_phases_seconds": trl["phases"],
                 "check_logprob_mean": {"ours": ours["check_logprob_mean"], "trl": trl["check_logprob_mean"]},
                 "peer_versions": trl["versions"],
@@ -514,6 +535,10 @@ def main() -> None:
                   f"matmuls are {floor['seconds'] / o:.0%} of ours, {floor['seconds'] / t:.0%} of TRL's step")
             print(f"  peak RSS: ours {ours['peak_rss_mib']:7.0f} MiB   TRL {trl['peak_rss_mib']:7.0f} MiB   "
                   f"ratio {out['memory_ratio']:.2f} (target <= {TARGETS['memory_ratio']})")
+            print(f"  memory floor: {ours['runtime_rss_mib']:.0f} MiB of Python + torch before any model, + "
+                  f"{ours['state_mib']:.0f} MiB of weights, gradients, Adam's two moments and the frozen reference = "
+                  f"{out['memory_floor_mib']:.0f} MiB, so the ratio cannot go below "
+                  f"{out['min_possible_memory_ratio']:.2f} without changing what is stored (precision, frozen layers)")
             print(f"  ours = {ours['impl']}; TRL phases (median s): "
                   + ", ".join(f"{k} {v:.2f}" for k, v in trl["phases"].items()))
             print(f"  same function? mean response log-prob before the update: ours {ours['check_logprob_mean']:.6f}, "
