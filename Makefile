@@ -25,7 +25,7 @@ test: $(VENV)/.test-installed
 	$(PY) -m pytest tests -n 2 -q
 
 release: $(VENV)/.runtime-installed
-	$(PY) -m autograder release
+	$(PY) -m autograder release --all
 
 export: $(VENV)/.runtime-installed
 	$(PY) -m autograder export

@@ -29,7 +29,9 @@ Where artifacts are looked for
 1. ``./artifacts/<name>-<key16>/`` relative to the current working directory: a release ships
    prebuilt artifacts beside the notebook (:func:`ship`), then the folders listed in
    ``$RLHF_ARTIFACTS`` (``os.pathsep``-separated; e.g. the autograder can point it at a
-   release's ``artifacts`` folder). These folders are only read.
+   release's ``artifacts`` folder). These folders are only read. :func:`ship` also writes
+   ``sources.json`` there, the digests of the code the artifacts were built from: a release has
+   no ``builders/`` (nor later notebooks' modules), and computes the same keys from that record.
 2. The cache, ``helpers.weights.cache_dir() / "artifacts"`` (``$RLHF_COURSE_CACHE`` moves the
    root; default ``~/.cache/rlhf-course``).
 3. Otherwise the artifact is built (with a progress bar, silent under grading) into a
@@ -39,6 +41,14 @@ Where artifacts are looked for
 
 A folder whose manifest or files do not check out, or that its load function cannot read, is
 reported on stdout ("note: ... rebuilding") and rebuilt in the cache.
+
+While grading, nothing is built
+-------------------------------
+nbgrader gives every cell 30 s, and building even a tiny model can take longer. A graded notebook
+calls ``helpers.runtime.configure_for_grading()`` in its setup cell, which calls
+:func:`allow_builds` ``(False)``: from then on a missing artifact raises :class:`ArtifactError` at
+once, with a message that names the command shipping it (``python -m autograder release``, whose
+``artifacts/`` folder sits beside each notebook and is restored by ``nbgrader autograde``).
 
 Registering a builder
 ---------------------
@@ -79,6 +89,7 @@ __all__ = [
     "PROVIDERS",
     "ArtifactError",
     "UnknownArtifactError",
+    "allow_builds",
     "artifact_key",
     "cache_root",
     "clear",
@@ -95,6 +106,7 @@ __all__ = [
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+SOURCES = "sources.json"  # in a shipped artifacts/ folder: {dependency: sha256} of the code that built them
 COURSE_ROOT = Path(__file__).resolve().parent.parent  # the folder holding helpers/ (and minirlhf/)
 
 # Modules that register artifacts when imported: {artifact name: module}. get("name") imports the
@@ -264,8 +276,25 @@ def _dependency_digests(entry: _Entry, seen: set[str] | None = None) -> dict[str
             out[dep] = f"version {sub.version}"
             out.update(_dependency_digests(sub, seen))
         else:
-            out[dep] = hashlib.sha256(_dependency_file(dep).read_bytes()).hexdigest()
+            out[dep] = _source_digest(dep)
     return out
+
+
+def _source_digest(dep: str) -> str:
+    """sha256 of a dependency's source; for one a release lacks (``builders/``, later notebooks'
+    modules), the digest that :func:`ship` recorded in a shipped ``artifacts/sources.json``."""
+    try:
+        return hashlib.sha256(_dependency_file(dep).read_bytes()).hexdigest()
+    except ArtifactError as err:
+        for root in shipped_roots():
+            try:
+                recorded = json.loads((root / SOURCES).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(recorded, dict) and isinstance(recorded.get(dep), str):
+                return recorded[dep]
+        raise ArtifactError(f"{err}; no shipped artifacts/{SOURCES} records it either (a student release "
+                            "ships its artifacts prebuilt: open the notebook from its release folder)") from None
 
 
 def _full_config(entry: _Entry, config: dict[str, Any]) -> dict[str, Any]:
@@ -393,9 +422,45 @@ def _remove_tree(folder: Path) -> None:
 
 # ----------------------------------------------------------------------------- build
 
+_builds_allowed = True  # False in a graded notebook (helpers.runtime.configure_for_grading)
+
+SHIP_COMMAND = "python -m autograder release"
+_SHIP_HINT = (
+    "A graded notebook never builds a model or data set (nbgrader gives each cell 30 s). "
+    f"Ship it: `{SHIP_COMMAND}` writes it into release/<id>/artifacts/; in an nbgrader course the same "
+    "artifacts/ folder belongs in source/<id>/ (autograder.course.build_course puts it there), and "
+    "`nbgrader autograde` copies it beside every submission."
+)
+
+
+def allow_builds(allowed: bool) -> bool:
+    """Allow or forbid building missing artifacts in this process; returns the previous setting.
+
+    Forbidden (``False``), :func:`get`, :func:`path` and :func:`locate` raise :class:`ArtifactError` instead of
+    building: a graded notebook must find every artifact shipped (or cached), never train one.
+    """
+    global _builds_allowed
+    previous, _builds_allowed = _builds_allowed, bool(allowed)
+    return previous
+
+
+def _not_shipped(name: str, config: dict[str, Any], final: Path) -> ArtifactError:
+    """The error of a graded run that would have to build ``name``: where it looked, how to ship it."""
+    places = [str(root / final.name) for root in shipped_roots()] + [str(final)]
+    others = sorted({p.name for root in shipped_roots() if root.is_dir() for p in root.glob(f"{name}-*")
+                     if p.is_dir() and p.name != final.name})
+    stale = (f" ({', '.join(others)} is there, built by other code or another configuration: the key covers "
+             "the source files an artifact is made from, so ship it again after changing them.)") if others else ""
+    return ArtifactError(
+        f"artifact {name!r} {config} is not shipped: no complete {final.name} in {' or '.join(places)}.{stale} "
+        f"{_SHIP_HINT}"
+    )
+
 
 def _build(entry: _Entry, config: dict[str, Any], material: dict[str, Any], key: str, final: Path) -> Path:
     """Build into a temporary folder beside ``final``; rename it into place when complete."""
+    if not _builds_allowed:
+        raise _not_shipped(entry.name, material["config"], final)
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(f".tmp-{final.name}-*"):  # left by a killed build a day ago
         try:
@@ -436,9 +501,15 @@ def _build(entry: _Entry, config: dict[str, Any], material: dict[str, Any], key:
 
 def locate(name: str, *, build: bool = True, **config: Any) -> Path | None:
     """The folder of a complete artifact ``name``/``config``: shipped, cached, or (``build=True``)
-    freshly built into the cache. ``None`` if it does not exist and ``build=False``."""
+    freshly built into the cache. ``None`` if it does not exist and ``build=False``; :class:`ArtifactError`
+    if it would have to be built while builds are forbidden (:func:`allow_builds`, a graded notebook)."""
     entry = _entry(name)
-    material = _key_material(entry, config)
+    try:
+        material = _key_material(entry, config)
+    except ArtifactError as err:  # e.g. its builder's source is not here to be hashed
+        if _builds_allowed:
+            raise
+        raise ArtifactError(f"artifact {name!r} {config} cannot be found: {err}. {_SHIP_HINT}") from err
     key = _digest(material)
     folder = f"{name}-{key[:16]}"
     for root in shipped_roots():
@@ -510,8 +581,7 @@ def ship(dest: str | Path, names: Iterable[str], **config: Any) -> list[Path]:
     ``config`` applies to every name. Copies are atomic (temporary folder, then rename);
     an artifact already complete in ``dest`` is left as it is. Returns the shipped folders.
     """
-    if isinstance(names, str):
-        names = [names]
+    names = [names] if isinstance(names, str) else list(names)
     out_root = Path(dest) / "artifacts"
     out_root.mkdir(parents=True, exist_ok=True)
     shipped = []
@@ -536,7 +606,23 @@ def ship(dest: str | Path, names: Iterable[str], **config: Any) -> list[Path]:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
         shipped.append(target)
+    _record_sources(out_root, names)
     return shipped
+
+
+def _record_sources(out_root: Path, names: Iterable[str]) -> None:
+    """Add the source digests of ``names`` to ``out_root/sources.json``: a release without the
+    builders (or later notebooks' modules) computes the same keys from it."""
+    path = out_root / SOURCES
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        recorded = {}
+    for name in names:
+        recorded.update({d: v for d, v in _dependency_digests(_entry(name)).items() if not d.startswith("artifact:")})
+    tmp = path.with_name(f".{SOURCES}-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(json.dumps(recorded, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def clear(name: str | None = None) -> int:

@@ -53,6 +53,7 @@ from minirlhf.preference_data import (
     TINY_COMPARISON_CONFIG,
     ComparisonConfig,
     collect_rankings,
+    ranking_to_pairs,
     rankings_to_pair_records,
     split_by_prompt,
 )
@@ -81,13 +82,11 @@ def _gold_agreement(world: World, rankings: list[dict[str, Any]]) -> float | Non
     right = total = 0
     for r in rankings:
         gold = [world.gold_score(r["prompt"], t) for t in r["responses"]]
-        order = r["ranking"]
-        for p in range(len(order)):
-            for q in range(p + 1, len(order)):
-                delta = gold[order[p]] - gold[order[q]]
-                if delta != 0:
-                    total += 1
-                    right += delta > 0
+        for chosen, rejected in ranking_to_pairs(r["ranking"]):
+            delta = gold[chosen] - gold[rejected]
+            if delta != 0:
+                total += 1
+                right += delta > 0
     return right / total if total else None
 
 

@@ -1,7 +1,10 @@
 """Run-time switches shared by the notebooks: grading mode, seeding, device, progress bars.
 
 Demo and training cells call :func:`is_grading` (or :func:`tiny_if_grading`) so that the
-autograder, which runs every cell of a notebook, only pays for a tiny configuration.
+autograder, which runs every cell of a notebook, only pays for a tiny configuration. Every
+notebook's setup cell calls :func:`configure_for_grading`, so that grading holds nbgrader's 30 s
+per cell wherever it runs (the formgrader, a plain ``nbgrader autograde``), with no environment
+variable set but nbgrader's own.
 
 Environment variables read here:
 
@@ -32,6 +35,36 @@ def is_grading() -> bool:
 def tiny_if_grading(full: T, tiny: T) -> T:
     """Return ``tiny`` under grading and ``full`` otherwise, e.g. ``steps = tiny_if_grading(500, 5)``."""
     return tiny if is_grading() else full
+
+
+GRADING_THREADS = 1
+
+
+def configure_for_grading(threads: int = GRADING_THREADS) -> bool:
+    """Set the process up for nbgrader; call it once, in a notebook's setup cell. Returns :func:`is_grading`.
+
+    ``GRADING = runtime.configure_for_grading()``. Under grading (``NBGRADER_EXECUTION`` set):
+
+    * torch computes on ``threads`` CPU threads (``torch.set_num_threads``). nbgrader sets no thread
+      count, and torch's default (one thread per core) makes the tiny grading configurations slower,
+      not faster: on a machine shared by several kernels the thread pools oversubscribe the cores
+      (measured under plain ``nbgrader autograde`` on a busy 2-core machine: notebook 02's tiny SFT
+      run took 13-22 s with torch's default, 4-5 s with one thread).
+    * models and data sets are never built: :mod:`helpers.artifacts` raises at once when an artifact
+      is neither shipped beside the notebook nor cached, naming the command that ships it (building
+      one would overrun nbgrader's 30 s cell timeout).
+
+    Outside grading it changes nothing.
+    """
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be an int >= 1, got {threads!r}")
+    grading = is_grading()
+    if grading:
+        from helpers import artifacts
+
+        torch.set_num_threads(threads)
+        artifacts.allow_builds(False)
+    return grading
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -128,6 +161,8 @@ def progress(iterable: Iterable[T] | None = None, **kwargs: Any) -> Any:
 
 
 __all__ = [
+    "GRADING_THREADS",
+    "configure_for_grading",
     "get_device",
     "is_grading",
     "progress",

@@ -25,6 +25,8 @@ by ``minirlhf.tokenizer_gpt2.load_gpt2_checkpoint``) and ``sft_history.json`` (t
 Because this module imports ``minirlhf.sft``, it works wherever notebook 02's reference code is
 available (the course source tree, and releases of notebooks 03 and later) -- not in notebook
 02's own student release, which is why notebook 02 trains in its demo cells instead of calling it.
+Releases load the model shipped in ``artifacts/``; building it (writing the checkpoint) needs
+``builders/``, which only the course's source tree has.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from typing import Any
 import torch
 
 from helpers import artifacts
-from helpers.default_model import load_default_model, save_model
+from helpers.default_model import builder, load_default_model
 from helpers.runtime import is_grading
 from helpers.runtime import progress as _progress_bar
 from helpers.vocab import EOT_ID, load_gpt2_ranks
@@ -117,8 +119,9 @@ def build_sft_model(
 
 
 def _build(out_dir: Path, *, tiny: bool, seed: int, world_seed: int) -> None:
+    checkpoint = builder("checkpoint")  # before training: a student release cannot write the model
     model, history = build_sft_model(tiny, seed=seed, world_seed=world_seed)
-    save_model(model, out_dir)
+    checkpoint.save_model(model, out_dir)
     history["config"] = dataclasses.asdict(sft_config(tiny))
     (out_dir / HISTORY_FILE).write_text(json.dumps(history) + "\n", encoding="utf-8")
 
@@ -131,8 +134,8 @@ def register_artifacts() -> None:
     """Register the "sft_model" artifact (again, if a test swapped the registry)."""
     artifacts.register(
         "sft_model", _build, _load,
-        depends_on=["helpers/sft_pipeline.py", "helpers/world.py", "helpers/vocab.py", "minirlhf.sft",
-                    "minirlhf.tokenizer_gpt2", "artifact:default_model"],
+        depends_on=["helpers/sft_pipeline.py", "builders/checkpoint.py", "helpers/world.py", "helpers/vocab.py",
+                    "minirlhf.sft", "minirlhf.tokenizer_gpt2", "artifact:default_model"],
         defaults={"tiny": False, "seed": 0, "world_seed": 0},
     )
 

@@ -280,10 +280,8 @@ def plackett_luce_ranking(scores: Sequence[float], rng: random.Random, noise: fl
 
 
 def _sigmoid(x: float) -> float:
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
+    """The logistic function written with tanh, sigma(x) = (1 + tanh(x / 2)) / 2: no overflow for any x."""
+    return 0.5 * (1.0 + math.tanh(0.5 * x))
 
 
 # ----------------------------------------------------------------------------- the world

@@ -6,9 +6,12 @@ and its own copy of the artifact registry.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -243,7 +246,8 @@ def test_ship_copies_and_shipped_folder_takes_precedence(sandbox):
     assert shipped == [target]
     assert (target / "sub" / "more.bin").read_bytes() == bytes(range(256))
     assert json.loads((target / "manifest.json").read_text())["key"] == artifacts.artifact_key("toy", size=4)
-    assert [p.name for p in (release / "artifacts").iterdir()] == [target.name], "no temporary folders left"
+    assert sorted(p.name for p in (release / "artifacts").iterdir()) == sorted([target.name, artifacts.SOURCES]), (
+        "no temporary folders left")
     assert artifacts.ship(release, ["toy"], size=4) == [target] and rec.builds == 1  # idempotent
 
     os.chdir(release)  # a student runs the notebook beside its shipped artifacts
@@ -252,6 +256,25 @@ def test_ship_copies_and_shipped_folder_takes_precedence(sandbox):
     assert artifacts.clear() == 1  # the cache is emptied; ./artifacts is never touched
     assert artifacts.get("toy", size=4) == {"size": 4} and rec.builds == 1
     assert target.is_dir()
+
+
+def test_a_release_without_the_builder_finds_its_artifacts_by_the_recorded_digests(sandbox):
+    """builders/ is not released: ship() records its digest in artifacts/sources.json, so a release
+    computes the same key without the file and loads the shipped folder without building."""
+    rec = _register(sandbox)
+    release = sandbox / "release" / "02_sft"
+    artifacts.ship(release, ["toy"], size=4)
+    key = artifacts.artifact_key("toy", size=4)
+    recorded = json.loads((release / "artifacts" / artifacts.SOURCES).read_text())
+    assert recorded == {str(rec.dep): hashlib.sha256(rec.dep.read_bytes()).hexdigest()}
+    rec.dep.unlink()  # the student's folder has no builder
+    artifacts.clear()
+    os.chdir(release)
+    assert artifacts.artifact_key("toy", size=4) == key
+    assert artifacts.get("toy", size=4) == {"size": 4} and rec.builds == 1
+    os.chdir(sandbox)  # anywhere else nothing records the missing file: the error says so
+    with pytest.raises(ArtifactError, match="toy_dep.py.*sources.json"):
+        artifacts.artifact_key("toy", size=4)
 
 
 def test_corrupt_shipped_artifact_falls_back_to_the_cache(sandbox, capsys):
@@ -419,7 +442,8 @@ def test_policy_model_switch(tiny_artifact, monkeypatch, tmp_path):
 
 
 def test_training_is_deterministic_and_keeps_global_rng():
-    from helpers.default_model import TINY_CONFIG, TINY_TRAINING, train_default_model
+    from builders.default_model import train_default_model
+    from helpers.default_model import TINY_CONFIG, TINY_TRAINING
 
     kw = dict(TINY_TRAINING, steps=3, n_pretrain=200)
     torch.manual_seed(123)
@@ -432,3 +456,52 @@ def test_training_is_deterministic_and_keeps_global_rng():
     m2, log2 = train_default_model(TINY_CONFIG, progress=False, **kw)
     assert log1["loss"] == log2["loss"]
     assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+
+
+# ----------------------------------------------------------------------------- builders/ is never released
+
+
+def test_the_default_model_is_built_by_builders_which_releases_lack(monkeypatch):
+    from helpers import default_model
+
+    deps = artifacts._entry("default_model").depends_on
+    assert {"builders/default_model.py", "builders/checkpoint.py"} <= set(deps), deps
+    for name in ("builders", "builders.default_model", "builders.checkpoint"):
+        monkeypatch.setitem(sys.modules, name, None)  # as in a student release: no builders package
+    with pytest.raises(ArtifactError, match="builders/default_model.py.*source tree.*artifacts/"):
+        default_model.train_default_model()
+    with pytest.raises(ArtifactError, match="builders/checkpoint.py"):
+        default_model.save_model(None, "nowhere")
+
+
+def test_a_release_loads_the_shipped_default_model_without_builders(tmp_path):
+    """A release folder (helpers/, notebook 01's module, artifacts/), run where builders/ and the course's
+    minirlhf/ cannot be imported and the cache is empty: the shipped tiny model loads, unchanged."""
+    import shutil
+
+    from helpers import default_model
+    from helpers.export import export
+
+    root = Path(__file__).resolve().parent.parent
+    release = tmp_path / "02_sft"
+    shutil.copytree(root / "helpers", release / "helpers", ignore=shutil.ignore_patterns("__pycache__"))
+    export(root, release, before="02_sft")
+    artifacts.ship(release, ["default_model"], tiny=True)
+    expected = sum(float(p.detach().double().sum()) for p in default_model.load_default_model(tiny=True).parameters())
+    script = (
+        "import sys, importlib.util\n"
+        "from pathlib import Path\n"
+        f"sys.path[:] = [p for p in sys.path if Path(p or '.').resolve() != Path({str(root)!r})]\n"
+        "sys.path.insert(0, str(Path.cwd()))\n"
+        "assert importlib.util.find_spec('builders') is None\n"
+        "from helpers.default_model import load_default_model\n"
+        "import helpers, minirlhf\n"
+        "assert Path(helpers.__file__).parent.parent == Path.cwd() == Path(minirlhf.__file__).parent.parent\n"
+        "print(sum(float(p.detach().double().sum()) for p in load_default_model(tiny=True).parameters()))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "NBGRADER_EXECUTION", "RLHF_ARTIFACTS")}
+    env["RLHF_COURSE_CACHE"] = str(tmp_path / "empty_cache")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=release, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert float(proc.stdout.strip().splitlines()[-1]) == expected
+    assert not (tmp_path / "empty_cache").exists(), "the release built or cached something instead of loading it"

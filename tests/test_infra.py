@@ -116,3 +116,46 @@ def test_authoring_rejects_untitled_solution():
 def test_refresh_exports_everything_in_a_fresh_checkout(course_root):
     written = refresh(course_root)
     assert sorted(p.name for p in written) == ["__init__.py", "first.py", "second.py"]
+
+
+# ----------------------------------------------------------------------------- the release schedule
+
+
+def test_a_release_carries_earlier_notebooks_and_no_builders(course_root, tmp_path):
+    from autograder import course
+
+    assert course.earlier_notebooks("02_second", course_root) == ["01_first"]
+    assert course.earlier_notebooks("01_first", course_root) == []
+    (course_root / "builders").mkdir()
+    (course_root / "builders" / "secret.py").write_text("ANSWER = 42\n")
+    crs = course.build_course(tmp_path / "crs", ["01_first", "02_second"], course_root)
+    for nb_id, modules in (("01_first", set()), ("02_second", {"first.py"})):
+        dest = crs / "source" / nb_id
+        assert {p.name for p in (dest / "minirlhf").glob("*.py")} - {"__init__.py"} == modules
+        assert (dest / "helpers").is_dir() and not (dest / "builders").exists()
+
+
+def test_release_without_ids_prints_the_schedule_and_writes_nothing(tmp_path, capsys):
+    from autograder import cli, course
+
+    out = tmp_path / "release"
+    assert cli.main(["release", "--out", str(out)]) == 0
+    assert not out.exists(), "`release` with no id must only print the schedule"
+    text = capsys.readouterr().out
+    ids = course.notebook_ids()
+    assert "only after notebook k-1's deadline" in text and "release --all" in text
+    for k, nb_id in enumerate(ids):
+        (line,) = [ln for ln in text.splitlines() if ln.strip().startswith(nb_id + " ")]
+        listed = set(line.split("(", 1)[1].split(")", 1)[0].split(", ")) if "(" in line else set()
+        assert listed == {module_name(i) for i in ids[:k]}, line
+        assert (f"after {ids[k - 1]}'s deadline" in line) if k else ("any time" in line), line
+        for name in course.NOTEBOOK_ARTIFACTS.get(nb_id, ()):
+            assert name in line, line
+
+
+def test_release_of_an_unknown_id_fails_before_building(tmp_path):
+    from autograder import cli
+
+    with pytest.raises(SystemExit, match="unknown assignment 'no_such'"):
+        cli.main(["release", "no_such", "--out", str(tmp_path / "release")])
+    assert not (tmp_path / "release").exists()

@@ -268,13 +268,15 @@ def test_input_errors(nb, ours, checkpoint):
         ours(torch.tensor([[0, vocab]]))
     with pytest.raises(ValueError):
         ours(ids, attention_mask=torch.ones(2, 4, dtype=torch.long))
+    with pytest.raises(ValueError):
+        ours(ids, position_ids=torch.full((2, 5), n_pos))
     mask = torch.ones_like(ids)
-    with pytest.raises(TypeError):
-        nb.generate(ours, ids.float(), mask, 3)
     with pytest.raises(ValueError):
         nb.generate(ours, ids, mask, n_pos)  # 5 + n_pos > n_positions
     with pytest.raises(ValueError):
         nb.generate(ours, ids, mask[:, 1:], 3)
+    with pytest.raises(ValueError):
+        nb.generate(ours, ids, mask, 0)
 
 
 def test_checkpoint_errors(nb, checkpoint, tmp_path):

@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cells import failing, run_test_cells, surviving_variants, validation_cell_problems
 from helpers import load_notebook
 from helpers.world import EOT_TOKEN, World, format_example, format_prompt
 
@@ -492,3 +493,335 @@ def test_pipeline_artifact_round_trip_and_key(pipeline, monkeypatch, tmp_path):
         assert torch.equal(a, b), name
     history = __import__("json").loads((tmp_path / pipeline.HISTORY_FILE).read_text())
     assert len(history["train_loss"]) == exported.TINY_SFT_CONFIG.steps
+
+
+# ----------------------------------------------------------------------------- the test cells' bar
+#
+# The reference passes every test cell; each plausible wrong implementation fails the cell that grades its
+# math; a correct implementation without any input checks loses only the validation cells (`*_errors`).
+
+
+def test_reference_passes_every_test_cell(nb):
+    assert failing(run_test_cells(NOTEBOOK, module=nb)) == {}
+
+
+def _ids(seq) -> list[int]:
+    return [int(t) for t in seq]
+
+
+def _example_factory(*, eos=True, cut_prompt_right=False, eos_after_cut=False, mask_shift=0, response_first=False):
+    def build_sft_example(prompt_ids, response_ids, eos_id, max_len):
+        p, r = _ids(prompt_ids), _ids(response_ids) + ([int(eos_id)] if eos else [])
+        if response_first:  # the prompt is kept whole (up to max_len - 1), the response pays
+            n_p = min(len(p), max_len - 1)
+            n_r = min(len(r), max_len - n_p)
+        else:
+            n_r = min(len(r), max_len - 1)
+            n_p = min(len(p), max_len - n_r)
+        resp = r[:n_r]
+        if eos_after_cut and n_r < len(r):
+            resp = r[:n_r - 1] + [int(eos_id)]  # a cut response still "ends" with EOS
+        kept_p = p[:n_p] if cut_prompt_right else p[len(p) - n_p:]
+        mask = [0] * (n_p - mask_shift) + [1] * (n_r + mask_shift)
+        return torch.tensor(kept_p + resp, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
+    return build_sft_example
+
+
+def _pad_factory(*, ignore_side=False, mask_right=False, fill_zero=False):
+    def pad_batch(seqs, pad_id, side="right"):
+        B, T = len(seqs), max(len(s) for s in seqs)
+        batch = torch.full((B, T), 0 if fill_zero else pad_id, dtype=seqs[0].dtype)
+        mask = torch.zeros(B, T, dtype=torch.long)
+        for b, s in enumerate(seqs):
+            n = len(s)
+            left = side == "left" and not ignore_side
+            if left:
+                batch[b, T - n:] = s
+            else:
+                batch[b, :n] = s
+            if left and not mask_right:
+                mask[b, T - n:] = 1
+            else:
+                mask[b, :n] = 1
+        return batch, mask
+    return pad_batch
+
+
+def _positions_arange(attention_mask):
+    return torch.arange(attention_mask.shape[-1]).expand(attention_mask.shape).clone()
+
+
+def _positions_from_one(attention_mask):
+    return attention_mask.long().cumsum(-1)
+
+
+def _positions_unclamped(attention_mask):
+    return attention_mask.long().cumsum(-1) - 1
+
+
+def _loss_factory(*, shift=True, row_mean=False, mask_unshifted=False, count_position_0=False, masked=True):
+    def sft_loss(logits, input_ids, loss_mask):
+        if shift:
+            lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, input_ids[:, 1:, None])[..., 0]
+            m = (loss_mask[:, :-1] if mask_unshifted else loss_mask[:, 1:]).to(lp.dtype)
+        else:
+            lp = torch.log_softmax(logits, -1).gather(-1, input_ids[..., None])[..., 0]
+            m = loss_mask.to(lp.dtype)
+        if not masked:
+            m = torch.ones_like(m)
+        if row_mean:
+            rows = m.sum(-1) > 0
+            return -((lp * m).sum(-1)[rows] / m.sum(-1)[rows]).mean()
+        n = loss_mask.to(lp.dtype).sum() if count_position_0 else m.sum()
+        return -(lp * m).sum() / n
+    return sft_loss
+
+
+def _clip_factory(*, per_tensor=False, return_after=False, always=False, scale_nonfinite=False):
+    def clip_grad_norm_(params, max_norm):
+        grads = [p.grad for p in params if p.grad is not None]
+        total = math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads))
+        if per_tensor:
+            for g in grads:
+                n = float(g.double().norm())
+                if n > max_norm:
+                    g.mul_(max_norm / (n + 1e-6))
+            return total
+        if not math.isfinite(total) and not scale_nonfinite:
+            return total
+        scale = max_norm / (total + 1e-6)
+        if scale < 1.0 or always:
+            for g in grads:
+                g.mul_(scale)
+        return min(total, max_norm) if return_after else total
+    return clip_grad_norm_
+
+
+def _lr_factory(*, warmup_from_zero=False, cosine_over_total=False, ignore_floor=False):
+    def cosine_lr(step, warmup, total, peak, floor=0.0):
+        floor = 0.0 if ignore_floor else floor
+        if step < warmup:
+            return peak * (step if warmup_from_zero else step + 1) / warmup
+        if step >= total:
+            return float(floor)
+        progress = step / total if cosine_over_total else (step - warmup) / (total - warmup)
+        return floor + 0.5 * (peak - floor) * (1.0 + math.cos(math.pi * progress))
+    return cosine_lr
+
+
+def _adamw_factory(*, bias_correction=True, coupled_decay=False, eps_inside=False, decay_after=False,
+                   shared_step=False):
+    def adamw_step(params, grads, state, lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        b1, b2 = betas
+        if shared_step:
+            state["t"] = state.get("t", 0) + 1
+        with torch.no_grad():
+            for i, (p, g) in enumerate(zip(params, grads)):
+                if g is None:
+                    continue
+                s = state.setdefault(i, {"step": 0, "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)})
+                s["step"] += 1
+                t = state["t"] if shared_step else s["step"]
+                if coupled_decay:
+                    g = g + weight_decay * p
+                elif not decay_after:
+                    p.mul_(1 - lr * weight_decay)
+                s["exp_avg"].mul_(b1).add_(g, alpha=1 - b1)
+                s["exp_avg_sq"].mul_(b2).addcmul_(g, g, value=1 - b2)
+                c1, c2 = (1 - b1 ** t, 1 - b2 ** t) if bias_correction else (1.0, 1.0)
+                v_hat = s["exp_avg_sq"] / c2
+                denom = (v_hat + eps).sqrt() if eps_inside else v_hat.sqrt() + eps
+                p.sub_(lr * (s["exp_avg"] / c1) / denom)
+                if decay_after and not coupled_decay:
+                    p.mul_(1 - lr * weight_decay)
+    return adamw_step
+
+
+def _train_step_factory(nb, *, zero_grad=True, decay_all=False, clip=True, loss_after=False, skip_nonfinite=True):
+    def sft_train_step(model, batch, opt_state, lr, *, max_grad_norm=1.0, weight_decay=0.1, betas=(0.9, 0.95),
+                       eps=1e-8):
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        if zero_grad:
+            for p in params:
+                p.grad = None
+        ids, attn = batch["input_ids"], batch["attention_mask"]
+        loss = nb.sft_loss(model(ids, attn, nb.position_ids_from_mask(attn)), ids, batch["loss_mask"])
+        loss.backward()
+        norm = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in params if p.grad is not None))
+        if clip:
+            nb.clip_grad_norm_(params, max_grad_norm)
+        if math.isfinite(norm) or not skip_nonfinite:
+            decay = params if decay_all else [p for p in params if p.dim() >= 2]
+            rest = [] if decay_all else [p for p in params if p.dim() < 2]
+            nb.adamw_step(decay, [p.grad for p in decay], opt_state.setdefault("decay", {}), lr, betas, eps, weight_decay)
+            nb.adamw_step(rest, [p.grad for p in rest], opt_state.setdefault("no_decay", {}), lr, betas, eps, 0.0)
+        if loss_after:
+            with torch.no_grad():
+                loss = nb.sft_loss(model(ids, attn, nb.position_ids_from_mask(attn)), ids, batch["loss_mask"])
+        return loss.item(), norm
+    return sft_train_step
+
+
+def _ppl_factory(nb, *, mean_of_ppl=False, mean_of_losses=False, restore_mode=True, count_position_0=False):
+    def perplexity(model, batches):
+        was = model.training
+        model.eval()
+        nll, count, per_batch = 0.0, 0, []
+        with torch.no_grad():
+            for b in batches:
+                ids, attn, lm = b["input_ids"], b["attention_mask"], b["loss_mask"]
+                n = int(lm.bool().sum()) if count_position_0 else int(lm[:, 1:].bool().sum())
+                if int(lm[:, 1:].bool().sum()) == 0:
+                    continue
+                loss = float(nb.sft_loss(model(ids, attn, nb.position_ids_from_mask(attn)), ids, lm))
+                nll, count = nll + loss * int(lm[:, 1:].bool().sum()), count + n
+                per_batch.append(loss)
+        if restore_mode:
+            model.train(was)
+        if mean_of_ppl:
+            return sum(math.exp(x) for x in per_batch) / len(per_batch)
+        if mean_of_losses:
+            return math.exp(sum(per_batch) / len(per_batch))
+        return math.exp(nll / count)
+    return perplexity
+
+
+def wrong_variants(nb):
+    """(description, {name: wrong definition}, cell that must fail)."""
+    return [
+        ("no EOS after the response", {"build_sft_example": _example_factory(eos=False)}, "test_build_sft_example"),
+        ("prompt cut from the right (its start kept)", {"build_sft_example": _example_factory(cut_prompt_right=True)},
+         "test_build_sft_example"),
+        ("a cut response still ends with EOS", {"build_sft_example": _example_factory(eos_after_cut=True)},
+         "test_build_sft_example"),
+        ("loss mask also on the last prompt token", {"build_sft_example": _example_factory(mask_shift=1)},
+         "test_build_sft_example"),
+        ("the response is cut before the prompt", {"build_sft_example": _example_factory(response_first=True)},
+         "test_build_sft_example"),
+        ("side ignored: always right padding", {"pad_batch": _pad_factory(ignore_side=True)}, "test_pad_batch"),
+        ("left padding with a right-padding mask", {"pad_batch": _pad_factory(mask_right=True)}, "test_pad_batch"),
+        ("padded with 0, not pad_id", {"pad_batch": _pad_factory(fill_zero=True)}, "test_pad_batch"),
+        ("positions 0..T-1 whatever the padding", {"position_ids_from_mask": _positions_arange},
+         "test_position_ids_from_mask"),
+        ("positions counted from 1", {"position_ids_from_mask": _positions_from_one}, "test_position_ids_from_mask"),
+        ("-1 on left padding (no clamp)", {"position_ids_from_mask": _positions_unclamped}, "test_position_ids_from_mask"),
+        ("no shift: logits[:, t] scored against token t", {"sft_loss": _loss_factory(shift=False)}, "test_sft_loss"),
+        ("mean of per-row means", {"sft_loss": _loss_factory(row_mean=True)}, "test_sft_loss"),
+        ("loss mask not shifted with the targets", {"sft_loss": _loss_factory(mask_unshifted=True)}, "test_sft_loss"),
+        ("N counts loss_mask[:, 0]", {"sft_loss": _loss_factory(count_position_0=True)}, "test_sft_loss"),
+        ("prompt and padding trained too", {"sft_loss": _loss_factory(masked=False)}, "test_sft_loss"),
+        ("each tensor clipped on its own", {"clip_grad_norm_": _clip_factory(per_tensor=True)}, "test_clip_grad_norm_"),
+        ("returns the norm after clipping", {"clip_grad_norm_": _clip_factory(return_after=True)}, "test_clip_grad_norm_"),
+        ("small gradients scaled up to max_norm", {"clip_grad_norm_": _clip_factory(always=True)}, "test_clip_grad_norm_"),
+        ("a non-finite norm still rescales (nan gradients)", {"clip_grad_norm_": _clip_factory(scale_nonfinite=True)},
+         "test_clip_grad_norm_"),
+        ("warm-up starts at 0 (step / W)", {"cosine_lr": _lr_factory(warmup_from_zero=True)}, "test_cosine_lr"),
+        ("cosine over all S steps, not S - W", {"cosine_lr": _lr_factory(cosine_over_total=True)}, "test_cosine_lr"),
+        ("decays to 0, ignoring the floor", {"cosine_lr": _lr_factory(ignore_floor=True)}, "test_cosine_lr"),
+        ("no bias correction", {"adamw_step": _adamw_factory(bias_correction=False)}, "test_adamw_step"),
+        ("L2 penalty in the gradient (Adam, not AdamW)", {"adamw_step": _adamw_factory(coupled_decay=True)},
+         "test_adamw_step"),
+        ("eps inside the square root", {"adamw_step": _adamw_factory(eps_inside=True)}, "test_adamw_step"),
+        ("decay applied after the update", {"adamw_step": _adamw_factory(decay_after=True)}, "test_adamw_step"),
+        ("one step count for all parameters", {"adamw_step": _adamw_factory(shared_step=True)}, "test_adamw_step"),
+        ("gradients never reset", {"sft_train_step": _train_step_factory(nb, zero_grad=False)}, "test_sft_train_step"),
+        ("weight decay on biases and LayerNorm too", {"sft_train_step": _train_step_factory(nb, decay_all=True)},
+         "test_sft_train_step"),
+        ("no gradient clipping", {"sft_train_step": _train_step_factory(nb, clip=False)}, "test_sft_train_step"),
+        ("loss reported after the update", {"sft_train_step": _train_step_factory(nb, loss_after=True)},
+         "test_sft_train_step"),
+        ("update taken on a non-finite gradient norm", {"sft_train_step": _train_step_factory(nb, skip_nonfinite=False)},
+         "test_sft_train_step"),
+        ("mean of per-batch perplexities", {"perplexity": _ppl_factory(nb, mean_of_ppl=True)}, "test_perplexity"),
+        ("exp of the mean of per-batch losses", {"perplexity": _ppl_factory(nb, mean_of_losses=True)}, "test_perplexity"),
+        ("training mode not restored", {"perplexity": _ppl_factory(nb, restore_mode=False)}, "test_perplexity"),
+        ("token count includes loss_mask[:, 0]", {"perplexity": _ppl_factory(nb, count_position_0=True)},
+         "test_perplexity"),
+    ]
+
+
+def test_each_wrong_variant_fails_the_cell_that_grades_it(nb):
+    survivors = surviving_variants(NOTEBOOK, nb, wrong_variants(nb))
+    assert not survivors, f"wrong implementations that still pass: {survivors}"
+
+
+def test_correct_variants_pass_their_cells(nb):
+    """The factories' defaults are correct implementations: the wrong variants differ from them in one idea."""
+    correct = [("correct", {"build_sft_example": _example_factory()}, "test_build_sft_example"),
+               ("correct", {"pad_batch": _pad_factory()}, "test_pad_batch"),
+               ("correct", {"sft_loss": _loss_factory()}, "test_sft_loss"),
+               ("correct", {"clip_grad_norm_": _clip_factory()}, "test_clip_grad_norm_"),
+               ("correct", {"cosine_lr": _lr_factory()}, "test_cosine_lr"),
+               ("correct", {"adamw_step": _adamw_factory()}, "test_adamw_step"),
+               ("correct", {"sft_train_step": _train_step_factory(nb)}, "test_sft_train_step"),
+               ("correct", {"perplexity": _ppl_factory(nb)}, "test_perplexity")]
+    assert len(surviving_variants(NOTEBOOK, nb, correct)) == len(correct)
+
+
+def test_correct_math_without_validation_loses_only_the_validation_cells(nb):
+    """Points follow the math: no input checks at all still earns every non-validation cell."""
+
+    def build_sft_example(prompt_ids, response_ids, eos_id, max_len):
+        p, r = _ids(prompt_ids), _ids(response_ids) + [int(eos_id)]
+        n_r = min(len(r), max_len - 1)
+        n_p = min(len(p), max_len - n_r)
+        return torch.tensor(p[len(p) - n_p:] + r[:n_r]), torch.tensor([0] * n_p + [1] * n_r)
+
+    def pad_batch(seqs, pad_id, side="right"):
+        T = max(len(s) for s in seqs)
+        rows = [torch.cat([s, s.new_full((T - len(s),), pad_id)]) if side == "right" else
+                torch.cat([s.new_full((T - len(s),), pad_id), s]) for s in seqs]
+        masks = [torch.tensor([1] * len(s) + [0] * (T - len(s)) if side == "right" else [0] * (T - len(s)) + [1] * len(s))
+                 for s in seqs]
+        return torch.stack(rows), torch.stack(masks).long()
+
+    def position_ids_from_mask(attention_mask):
+        return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+    def sft_loss(logits, input_ids, loss_mask):
+        lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, input_ids[:, 1:, None])[..., 0]
+        m = loss_mask[:, 1:].to(lp.dtype)
+        return -(lp * m).sum() / m.sum()
+
+    def clip_grad_norm_(params, max_norm):
+        grads = [p.grad for p in params if p.grad is not None]
+        total = math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads))
+        if math.isfinite(total) and max_norm / (total + 1e-6) < 1:
+            for g in grads:
+                g.mul_(max_norm / (total + 1e-6))
+        return total
+
+    def cosine_lr(step, warmup, total, peak, floor=0.0):
+        if step < warmup:
+            return peak * (step + 1) / warmup
+        if step >= total:
+            return float(floor)
+        return floor + (peak - floor) * (1 + math.cos(math.pi * (step - warmup) / (total - warmup))) / 2
+
+    def perplexity(model, batches):
+        was = model.training
+        model.eval()
+        nll, count = 0.0, 0
+        with torch.no_grad():
+            for b in batches:
+                ids, attn, lm = b["input_ids"], b["attention_mask"], b["loss_mask"]
+                target = ids[:, 1:].masked_fill(lm[:, 1:] == 0, -100)
+                logits = model(ids, attn, position_ids_from_mask(attn))[:, :-1]
+                nll += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100,
+                                             reduction="sum"))
+                count += int((target != -100).sum())
+        model.train(was)
+        return math.exp(nll / count)
+
+    replace = {"build_sft_example": build_sft_example, "pad_batch": pad_batch,
+               "position_ids_from_mask": position_ids_from_mask, "sft_loss": sft_loss, "clip_grad_norm_": clip_grad_norm_,
+               "cosine_lr": cosine_lr, "adamw_step": _adamw_factory(), "perplexity": perplexity}
+    failed = failing(run_test_cells(NOTEBOOK, replace, module=nb))
+    assert failed, "the validation cells must notice the missing checks"
+    assert all(cell.endswith("_errors") for cell in failed), failed
+    assert sorted(failed) == sorted(f"test_{name}_errors" for name in replace if name != "position_ids_from_mask"), failed
+
+
+def test_every_validation_cell_has_a_math_twin_and_one_point():
+    assert validation_cell_problems(NOTEBOOK) == []

@@ -18,6 +18,7 @@ import oracles
 import pytest
 import torch
 
+from cells import failing, run_test_cells, surviving_variants, validation_cell_problems
 from helpers import load_notebook
 from helpers.world import EOT_TOKEN, World, format_example, format_prompt
 
@@ -405,3 +406,223 @@ def test_comparisons_artifact_with_a_stub_policy(nb, tmp_path, monkeypatch):
     # loading again reads the cached folder (no rebuild)
     monkeypatch.setattr(pp, "load_sft_model", lambda **kw: pytest.fail("the artifact was rebuilt"))
     assert pp.load_comparisons(tiny=True)["train"] == data["train"]
+
+
+# ----------------------------------------------------------------------------- the test cells' bar
+#
+# The reference passes every test cell; each plausible wrong implementation fails the cell that grades its
+# math; a correct implementation without any input checks loses only the validation cells (`*_errors`).
+
+
+def test_reference_passes_every_test_cell(nb):
+    assert failing(run_test_cells(NOTEBOOK, module=nb)) == {}
+
+
+def _ids(seq) -> list[int]:
+    return [int(t) for t in seq]
+
+
+def _sampler_factory(*, side="left", tiled=False, per_sample_calls=False):
+    from minirlhf.sft import pad_batch
+    from minirlhf.tokenizer_gpt2 import generate
+
+    def sample_k_responses(policy, prompt_ids, k, temperature=1.0, generator=None, *, max_new_tokens=48, eos_id=EOS):
+        prompts = [torch.tensor(_ids(p), dtype=torch.long) for p in prompt_ids]
+        N = len(prompts)
+        if per_sample_calls:  # k generate calls, one sample of every prompt each
+            ids, attn = pad_batch(prompts, eos_id, side=side)
+            outs = [generate(policy, ids, attn, max_new_tokens, eos_id=eos_id, temperature=temperature, generator=generator)
+                    for _ in range(k)]
+            n = max(o[0].shape[1] for o in outs) - ids.shape[1]
+            resp = torch.full((N, k, n), eos_id, dtype=torch.long)
+            mask = torch.zeros(N, k, n, dtype=torch.long)
+            for j, (tok, m) in enumerate(outs):
+                w = tok.shape[1] - ids.shape[1]
+                resp[:, j, :w], mask[:, j, :w] = tok[:, ids.shape[1]:], m.long()
+            return resp, mask
+        rows = [p for _ in range(k) for p in prompts] if tiled else [p for p in prompts for _ in range(k)]
+        ids, attn = pad_batch(rows, eos_id, side=side)
+        tokens, rmask = generate(policy, ids, attn, max_new_tokens, eos_id=eos_id, temperature=temperature,
+                                 generator=generator)
+        out = tokens[:, ids.shape[1]:]
+        n = out.shape[1]
+        return out.reshape(N, k, n), rmask.long().reshape(N, k, n)
+    return sample_k_responses
+
+
+def _dedupe_factory(*, strip=True, return_stripped=False, keep_last=False):
+    def dedupe_responses(responses):
+        order = list(enumerate(responses))
+        first: dict[str, int] = {}
+        for i, r in (reversed(order) if keep_last else order):
+            first.setdefault(r.strip() if strip else r, i)
+        kept = sorted(first.values())
+        return [responses[i].strip() if return_stripped else responses[i] for i in kept], kept
+    return dedupe_responses
+
+
+def _pairs_factory(*, adjacent=False, swapped=False, positions=False, q_major=False):
+    def ranking_to_pairs(ranking):
+        r = _ids(ranking)
+        K = len(r)
+        pq = [(p, p + 1) for p in range(K - 1)] if adjacent else \
+            sorted(itertools.combinations(range(K), 2), key=lambda x: (x[1], x[0]) if q_major else x)
+        pairs = [(p, q) if positions else (r[p], r[q]) for p, q in pq]
+        return [(b, a) for a, b in pairs] if swapped else pairs
+    return ranking_to_pairs
+
+
+def _bt_naive(r_a, r_b):
+    return 1 / (1 + torch.exp(-(r_a - r_b)))
+
+
+def _bt_swapped(r_a, r_b):
+    return torch.sigmoid(r_b - r_a)
+
+
+def _bt_softmax_of_exps(r_a, r_b):
+    return torch.exp(r_a) / (torch.exp(r_a) + torch.exp(r_b))
+
+
+def _agreement_positional(ranking_a, ranking_b):
+    a, b = _ids(ranking_a), _ids(ranking_b)
+    return sum(x == y for x, y in zip(a, b)) / len(a)
+
+
+def _agreement_kendall_distance(ranking_a, ranking_b):
+    a, b = _ids(ranking_a), _ids(ranking_b)
+    agree = len(set(itertools.combinations(a, 2)) & set(itertools.combinations(b, 2)))
+    return 1 - agree / math.comb(len(a), 2)
+
+
+def _agreement_adjacent(ranking_a, ranking_b):
+    a, b = _ids(ranking_a), _ids(ranking_b)
+    pairs_b = set(itertools.combinations(b, 2))
+    return sum((a[i], a[i + 1]) in pairs_b for i in range(len(a) - 1)) / (len(a) - 1)
+
+
+def _split_factory(*, by_record=False, unsorted=False, floor=False, fixed_seed=False):
+    def split_by_prompt(records, fractions, seed):
+        rng = random.Random(0 if fixed_seed else seed)
+        if by_record:
+            order = list(range(len(records)))
+            rng.shuffle(order)
+            n, parts, start, c = len(order), [[] for _ in fractions], 0, 0.0
+            for s, f in enumerate(fractions):
+                c += f
+                end = n if s == len(fractions) - 1 else round(n * c)
+                for i in sorted(order[start:end]):
+                    parts[s].append(records[i])
+                start = max(start, end)
+            return parts
+        prompts = list(dict.fromkeys(r["prompt"] for r in records)) if unsorted else sorted({r["prompt"] for r in records})
+        rng.shuffle(prompts)
+        n, part_of, start, c = len(prompts), {}, 0, 0.0
+        for s, f in enumerate(fractions):
+            c += f
+            end = n if s == len(fractions) - 1 else (int(n * c) if floor else round(n * c))
+            for p in prompts[start:end]:
+                part_of[p] = s
+            start = max(start, end)
+        parts = [[] for _ in fractions]
+        for r in records:
+            parts[part_of[r["prompt"]]].append(r)
+        return parts
+    return split_by_prompt
+
+
+def _comparison_factory(*, each_row_alone=False, cut_prompt_right=False, side="right", eos=True):
+    from minirlhf.sft import pad_batch
+
+    def tokenize_comparison(prompt, chosen, rejected, max_len, *, eos_id=EOS, pad_id=EOS):
+        p = _ids(prompt)
+        tail = [int(eos_id)] if eos else []
+        c, r = _ids(chosen) + tail, _ids(rejected) + tail
+        n_c, n_r = min(len(c), max_len - 1), min(len(r), max_len - 1)
+        keep = lambda n_p: p[:n_p] if cut_prompt_right else p[len(p) - n_p:]  # noqa: E731
+        if each_row_alone:  # each row cuts its own prompt
+            rows = [keep(min(len(p), max_len - n_c)) + c[:n_c], keep(min(len(p), max_len - n_r)) + r[:n_r]]
+        else:
+            shared = keep(min(len(p), max_len - max(n_c, n_r)))
+            rows = [shared + c[:n_c], shared + r[:n_r]]
+        ids, attn = pad_batch([torch.tensor(x, dtype=torch.long) for x in rows], pad_id, side=side)
+        return {"input_ids": ids, "attention_mask": attn}
+    return tokenize_comparison
+
+
+def wrong_variants(nb):
+    """(description, {name: wrong definition}, cell that must fail)."""
+    return [
+        ("prompts padded on the right", {"sample_k_responses": _sampler_factory(side="right")}, "test_sample_k_responses"),
+        ("prompts tiled (row j N + i) instead of repeated in place",
+         {"sample_k_responses": _sampler_factory(tiled=True)}, "test_sample_k_responses"),
+        ("k generate calls instead of one", {"sample_k_responses": _sampler_factory(per_sample_calls=True)},
+         "test_sample_k_responses"),
+        ("identical only if equal before stripping", {"dedupe_responses": _dedupe_factory(strip=False)},
+         "test_dedupe_responses"),
+        ("returns the stripped texts", {"dedupe_responses": _dedupe_factory(return_stripped=True)}, "test_dedupe_responses"),
+        ("keeps the last copy", {"dedupe_responses": _dedupe_factory(keep_last=True)}, "test_dedupe_responses"),
+        ("adjacent pairs only", {"ranking_to_pairs": _pairs_factory(adjacent=True)}, "test_ranking_to_pairs"),
+        ("(rejected, chosen)", {"ranking_to_pairs": _pairs_factory(swapped=True)}, "test_ranking_to_pairs"),
+        ("pairs of positions, not of response indices", {"ranking_to_pairs": _pairs_factory(positions=True)},
+         "test_ranking_to_pairs"),
+        ("pairs ordered by the rejected position", {"ranking_to_pairs": _pairs_factory(q_major=True)},
+         "test_ranking_to_pairs"),
+        ("1 / (1 + exp(-x)): nan gradients far out", {"bradley_terry_probability": _bt_naive},
+         "test_bradley_terry_probability"),
+        ("sigma(r_b - r_a)", {"bradley_terry_probability": _bt_swapped}, "test_bradley_terry_probability"),
+        ("exp(r_a) / (exp(r_a) + exp(r_b)): overflows", {"bradley_terry_probability": _bt_softmax_of_exps},
+         "test_bradley_terry_probability"),
+        ("share of equal positions", {"agreement_rate": _agreement_positional}, "test_agreement_rate"),
+        ("Kendall distance instead of agreement", {"agreement_rate": _agreement_kendall_distance}, "test_agreement_rate"),
+        ("adjacent pairs of the first ranking only", {"agreement_rate": _agreement_adjacent}, "test_agreement_rate"),
+        ("records split, not prompts", {"split_by_prompt": _split_factory(by_record=True)}, "test_split_by_prompt"),
+        ("prompts in order of appearance, not sorted", {"split_by_prompt": _split_factory(unsorted=True)},
+         "test_split_by_prompt"),
+        ("boundaries floored, not rounded", {"split_by_prompt": _split_factory(floor=True)}, "test_split_by_prompt"),
+        ("the seed ignored", {"split_by_prompt": _split_factory(fixed_seed=True)}, "test_split_by_prompt"),
+        ("each row cuts its own prompt", {"tokenize_comparison": _comparison_factory(each_row_alone=True)},
+         "test_tokenize_comparison"),
+        ("prompt cut from the right", {"tokenize_comparison": _comparison_factory(cut_prompt_right=True)},
+         "test_tokenize_comparison"),
+        ("left padding", {"tokenize_comparison": _comparison_factory(side="left")}, "test_tokenize_comparison"),
+        ("no EOS after the responses", {"tokenize_comparison": _comparison_factory(eos=False)}, "test_tokenize_comparison"),
+    ]
+
+
+def test_each_wrong_variant_fails_the_cell_that_grades_it(nb):
+    survivors = surviving_variants(NOTEBOOK, nb, wrong_variants(nb))
+    assert not survivors, f"wrong implementations that still pass: {survivors}"
+
+
+def test_correct_variants_pass_their_cells(nb):
+    """The factories' defaults are correct implementations: the wrong variants differ from them in one idea."""
+    correct = [("correct", {"sample_k_responses": _sampler_factory()}, "test_sample_k_responses"),
+               ("correct", {"dedupe_responses": _dedupe_factory()}, "test_dedupe_responses"),
+               ("correct", {"ranking_to_pairs": _pairs_factory()}, "test_ranking_to_pairs"),
+               ("correct", {"split_by_prompt": _split_factory()}, "test_split_by_prompt"),
+               ("correct", {"tokenize_comparison": _comparison_factory()}, "test_tokenize_comparison")]
+    assert len(surviving_variants(NOTEBOOK, nb, correct)) == len(correct)
+
+
+def test_correct_math_without_validation_loses_only_the_validation_cells(nb):
+    """Points follow the math: no input checks at all still earns every non-validation cell."""
+
+    def agreement_rate(ranking_a, ranking_b):
+        a, b = _ids(ranking_a), _ids(ranking_b)
+        pairs_a, pairs_b = set(itertools.combinations(a, 2)), set(itertools.combinations(b, 2))
+        return len(pairs_a & pairs_b) / len(pairs_a)
+
+    replace = {"sample_k_responses": _sampler_factory(), "dedupe_responses": _dedupe_factory(),
+               "ranking_to_pairs": _pairs_factory(), "bradley_terry_probability": lambda r_a, r_b: torch.sigmoid(r_a - r_b),
+               "agreement_rate": agreement_rate, "split_by_prompt": _split_factory(),
+               "tokenize_comparison": _comparison_factory()}
+    failed = failing(run_test_cells(NOTEBOOK, replace, module=nb))
+    assert failed, "the validation cells must notice the missing checks"
+    assert all(cell.endswith("_errors") for cell in failed), failed
+    assert sorted(failed) == sorted(f"test_{name}_errors" for name in replace
+                                    if name not in ("dedupe_responses", "bradley_terry_probability")), failed
+
+
+def test_every_validation_cell_has_a_math_twin_and_one_point():
+    assert validation_cell_problems(NOTEBOOK) == []

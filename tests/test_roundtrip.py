@@ -184,11 +184,16 @@ def check_release_leaks_no_solution_or_hidden_test(crs: Path, nb_id: str) -> Non
             assert path.read_bytes() == (ROOT / rel).read_bytes(), f"{rel} differs from the course's helpers"
     unexpected = [str(p.relative_to(folder)) for p in shipped
                   if p.relative_to(folder).parts[0] not in ("helpers", "minirlhf", "artifacts") and p.name != f"{nb_id}.ipynb"]
-    assert not unexpected, f"unexpected files in the release: {unexpected}"
+    assert not unexpected, f"unexpected files in the release (builders/ never ships): {unexpected}"
+    # artifacts/: the models the notebook loads, and the digests of the (unreleased) code that built them.
+    if course.NOTEBOOK_ARTIFACTS.get(nb_id):
+        assert (folder / "artifacts" / "sources.json").is_file(), "the release cannot compute its artifacts' keys"
 
 
 def test_helpers_hold_no_solution():
-    """helpers/ ships with every release: it must not contain reference code of any notebook."""
+    """helpers/ ships with every release: it must not contain reference code of any notebook.
+
+    Exact long lines only; tests/test_leaks.py compares normalised ASTs (paraphrases, constructs)."""
     solutions = set()
     for nb_id in IDS:
         nb = read_notebook(ROOT / "notebooks" / nb_id / f"{nb_id}.ipynb")
@@ -221,7 +226,11 @@ def test_student_facing_code_imports_only_torch_math_stdlib(nb_id):
 
 
 def smallest_notebook() -> str:
-    return min(IDS, key=lambda i: (ROOT / "notebooks" / i / f"{i}.ipynb").stat().st_size)
+    """The smallest notebook that loads no trained model (its release builds nothing: seconds, not minutes)."""
+    from autograder.course import NOTEBOOK_ARTIFACTS
+
+    light = [i for i in IDS if not NOTEBOOK_ARTIFACTS.get(i)]
+    return min(light, key=lambda i: (ROOT / "notebooks" / i / f"{i}.ipynb").stat().st_size)
 
 
 def test_grade_cli_prints_json_last_line(tmp_path):
@@ -245,6 +254,10 @@ def test_release_and_grade_all_cli(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "autograder", "release", nb_id, "--out", str(rel)],
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert [p.name for p in rel.iterdir()] == [nb_id], "release ID writes that folder and no other"
+    earlier = course.earlier_notebooks(nb_id)
+    assert f"{nb_id} -> {rel / nb_id}: holds the solutions of" in proc.stdout, proc.stdout[-2000:]
+    assert (f"give it out after {earlier[-1]}'s deadline" if earlier else "give it out any time") in proc.stdout
     subs = tmp_path / "submissions"
     for student, nb in (("ada", ROOT / "notebooks" / nb_id / f"{nb_id}.ipynb"), ("bo", rel / nb_id / f"{nb_id}.ipynb")):
         (subs / student / nb_id).mkdir(parents=True)
