@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from helpers import artifacts
-from helpers.default_model import save_model
+from helpers.default_model import builder
 from helpers.preference_pipeline import load_comparisons
 from helpers.runtime import is_grading
 from helpers.runtime import progress as _progress_bar
@@ -116,8 +116,7 @@ def build_reward_model(
     )
     raw = score_texts(model, prompts, responses, ranks)
     gain, bias = fit_reward_normalization(raw)
-    normalization = {"gain": gain, "bias": bias, "n_samples": len(raw), "raw_mean": raw.mean().item(),
-                     "raw_std": raw.std(unbiased=False).item()}
+    normalization = {"gain": gain, "bias": bias, "n_samples": len(raw)}
     return model.eval(), history, normalization
 
 
@@ -125,8 +124,9 @@ def build_reward_model(
 
 
 def _build(out_dir: Path, *, tiny: bool, seed: int, world_seed: int) -> None:
+    checkpoint = builder("checkpoint")  # before training: a student release cannot write the model
     model, history, normalization = build_reward_model(tiny, seed=seed, world_seed=world_seed)
-    save_model(model.trunk, out_dir)
+    checkpoint.save_model(model.trunk, out_dir)
     head = {"weight": model.head.weight.detach()[0].tolist(), "bias": model.head.bias.detach()[0].item()}
     (out_dir / HEAD_FILE).write_text(json.dumps(head) + "\n", encoding="utf-8")
     (out_dir / NORM_FILE).write_text(json.dumps(normalization, indent=2) + "\n", encoding="utf-8")
