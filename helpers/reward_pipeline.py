@@ -146,7 +146,8 @@ def register_artifacts() -> None:
     """Register the "reward_model" artifact (again, if a test swapped the registry)."""
     artifacts.register(
         "reward_model", _build, _load,
-        depends_on=["helpers/reward_pipeline.py", "helpers/world.py", "helpers/vocab.py", "minirlhf.reward_model",
+        depends_on=["helpers/reward_pipeline.py", "builders/checkpoint.py", "helpers/world.py", "helpers/vocab.py",
+                    "minirlhf.reward_model",
                     "minirlhf.sft", "minirlhf.tokenizer_gpt2", "artifact:comparisons", "artifact:sft_model"],
         defaults={"tiny": False, "seed": 0, "world_seed": 0},
     )
