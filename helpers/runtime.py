@@ -67,6 +67,50 @@ def configure_for_grading(threads: int = GRADING_THREADS) -> bool:
     return grading
 
 
+class NotWrittenYet(Exception):
+    """A demo cell needs a graded function that is still a stub; Jupyter shows it as one line, no traceback."""
+
+    def _render_traceback_(self) -> list[str]:  # IPython's hook: these lines replace the traceback
+        return [f"{type(self).__name__}: {self}"]
+
+
+def _is_stub(obj: Any) -> bool:
+    """True if ``obj`` (a function, or a class whose methods are checked) is a released stub.
+
+    nbgrader's stub body is ``raise NotImplementedError()``: the function's code references
+    ``NotImplementedError`` and, apart from the docstring, nothing else.
+    """
+    import dis
+
+    if isinstance(obj, type):
+        return any(_is_stub(getattr(member, "__func__", member)) for member in vars(obj).values())
+    code = getattr(obj, "__code__", None)
+    if code is None or code.co_names != ("NotImplementedError",):
+        return False
+    ops = {ins.opname for ins in dis.get_instructions(code)} - {"RESUME", "NOP", "CACHE", "PUSH_NULL", "PRECALL"}
+    return ops <= {"LOAD_GLOBAL", "CALL", "RAISE_VARARGS"}  # `raise NotImplementedError()` and nothing else
+
+
+def needs(*names: str) -> None:
+    """Stop a demo cell in one line while a graded function (or class) it uses is not written yet.
+
+    ``runtime.needs("sample_k_responses", "dedupe_responses")`` at the top of a demo cell raises
+    :class:`NotWrittenYet` ("write `sample_k_responses` first ...") if a name is undefined in the
+    notebook or still holds the released stub, instead of a traceback and then a ``NameError`` in every
+    cell below. Names are looked up in the calling notebook's globals.
+    """
+    import sys
+
+    namespace = sys._getframe(1).f_globals
+    undefined = [n for n in names if n not in namespace]
+    if undefined:
+        raise NotWrittenYet(f"run the cell that defines {', '.join(f'`{n}`' for n in undefined)} first, then this one")
+    stubs = [n for n in names if _is_stub(namespace[n])]
+    if stubs:
+        raise NotWrittenYet(f"write {', '.join(f'`{n}`' for n in stubs)} first: this cell runs once "
+                            f"{'it passes its' if len(stubs) == 1 else 'they pass their'} test cell")
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python's ``random``, torch (CPU and all GPUs) and numpy (if installed).
 
