@@ -154,7 +154,7 @@ def guard_demo_cells(nb: dict) -> bool:
 
 def _markdown_cell(text: str) -> dict:
     lines = text.splitlines(keepends=True)
-    return {"cell_type": "markdown", "metadata": {}, "source": lines}
+    return {"cell_type": "markdown", "id": "how-to-work", "metadata": {}, "source": lines}
 
 
 def update(notebook: Path, nb_id: str, *, write: bool) -> bool:
@@ -167,12 +167,14 @@ def update(notebook: Path, nb_id: str, *, write: bool) -> bool:
     at = next((i for i, c in enumerate(cells)
                if c["cell_type"] == "markdown" and cell_source(c).lstrip().startswith(HEADING)), None)
     changed = guard_demo_cells(nb)
+    if at is not None and "id" not in cells[at]:
+        cells[at]["id"], changed = "how-to-work", True
     if at is None or cell_source(cells[at]) != text:
         changed = True
         if at is None:
             cells.insert(1, _markdown_cell(text))
         else:
-            cells[at] = _markdown_cell(text)
+            cells[at]["source"] = _markdown_cell(text)["source"]
     if changed and write:
         write_notebook(nb, notebook)
     return changed

@@ -61,7 +61,7 @@ def render_module(notebook: Path) -> str:
         f'edit the notebook and run `python -m autograder export`."""',
         DIGEST_PREFIX + source_digest(notebook),
     ]
-    for label, code in library_source(nb):
+    for label, code in library_source(nb, positions=False):
         parts.append(f"\n# --- {label} ---\n{code.rstrip()}\n")
     return "\n".join(parts) + "\n"
 

@@ -83,16 +83,24 @@ def strip_solution_markers(source: str) -> str:
     return "\n".join(keep)
 
 
-def library_source(nb: dict[str, Any]) -> list[tuple[str, str]]:
-    """(label, code) of every library cell, markers stripped."""
-    return [(cell_label(i, c), strip_solution_markers(cell_source(c))) for i, c in library_cells(nb)]
+def library_source(nb: dict[str, Any], *, positions: bool = True) -> list[tuple[str, str]]:
+    """(label, code) of every library cell, markers stripped.
+
+    Labels are ``"cell 13 (rollout)"``, or with ``positions=False`` just the grade id (``"rollout"``): the
+    export and its digest use those, so a markdown cell added above does not change the exported module
+    (and the trained artifacts keyed on it).
+    """
+    if positions:
+        return [(cell_label(i, c), strip_solution_markers(cell_source(c))) for i, c in library_cells(nb)]
+    return [(nbgrader_meta(c).get("grade_id") or "library cell", strip_solution_markers(cell_source(c)))
+            for _, c in library_cells(nb)]
 
 
 def source_digest(path: str | Path) -> str:
     """sha256 of a notebook's library code: it changes exactly when its export changes."""
     nb = read_notebook(path)
     h = hashlib.sha256()
-    for label, code in library_source(nb):
+    for label, code in library_source(nb, positions=False):
         h.update(label.encode() + b"\0" + code.encode() + b"\0")
     return h.hexdigest()
 
