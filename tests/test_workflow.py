@@ -111,3 +111,19 @@ def test_a_blank_notebook_stops_in_one_line_not_in_name_errors(tmp_path):
     assert ("demo", "NotWrittenYet") in errors, f"no demo cell said which function to write first: {errors}"
     kinds = {kind for kind, ename in errors if ename == "NotImplementedError"}
     assert kinds <= {"test"}, f"only test cells may show the stub's NotImplementedError, got it in {kinds}"
+
+
+def test_labeling_ui_has_shipped_samples_before_the_students_own():
+    """Notebook 03's labeling cell ranks these until `sample_k_responses` works (builders/labeling_samples.py)."""
+    from helpers.samples import labeling_samples
+    from helpers.world import World
+
+    records = labeling_samples()
+    prompts = set(World(0).prompts("train"))
+    assert len(records) == 5
+    for r in records:
+        assert r["prompt"] in prompts, f"not a training prompt of the world: {r['prompt']!r}"
+        assert len(set(r["responses"])) == len(r["responses"]) >= 2 and all(isinstance(t, str) and t for t in r["responses"])
+    source = next(cell_source(c) for c in read_notebook(ROOT / "notebooks/03_preference_data/03_preference_data.ipynb")["cells"]
+                  if "label_rankings(" in cell_source(c) and cell_kind(c) == "demo")
+    assert "samples.labeling_samples()" in source and not source.startswith(workflow.GUARD)
