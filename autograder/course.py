@@ -7,7 +7,9 @@ local nbgrader state:
     <course>/source/<id>/<id>.ipynb      the source notebook (solutions + hidden tests)
     <course>/source/<id>/helpers/        course infrastructure (no solutions)
     <course>/source/<id>/minirlhf/       reference code of notebooks BEFORE <id> only
+    <course>/source/<id>/artifacts/      the trained models <id> loads, prebuilt (+ sources.json)
 
+``builders/`` (what trains those models) is never copied: it would show students graded answers.
 ``generate_assignment`` turns it into ``release/<id>/``; ``autograde`` restores every
 non-notebook file of ``source/<id>/`` into the graded copy, so a student cannot grade
 against a tampered ``helpers`` or ``minirlhf``.
@@ -27,11 +29,26 @@ from helpers.export import export, source_notebooks
 ROOT = Path(__file__).resolve().parent.parent
 STUDENT = "student"
 
+# The course's nbgrader settings, written once. Both the temporary courses below (CONFIG_TEMPLATE) and the
+# repository's own nbgrader_config.py (the formgrader, `nbgrader ...` at the root) apply exactly these.
+NBGRADER_SETTINGS: dict[str, object] = {
+    # "comparisons" and "ppo_output": what notebooks 03 and 08 write beside themselves when run in the source tree
+    "CourseDirectory.ignore": [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", "comparisons", "ppo_output"],
+    "ClearSolutions.code_stub": {"python": "# YOUR CODE HERE\nraise NotImplementedError()"},
+}
+
+
+def configure_nbgrader(c) -> None:
+    """Apply NBGRADER_SETTINGS to the traitlets config ``c`` of an ``nbgrader_config.py``."""
+    for key, value in NBGRADER_SETTINGS.items():
+        section, name = key.split(".")
+        setattr(getattr(c, section), name, value)
+
+
 CONFIG_TEMPLATE = '''c = get_config()  # noqa: F821
 c.CourseDirectory.root = {root!r}
 c.CourseDirectory.db_url = "sqlite:///{root}/gradebook.db"
-c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback"]
-c.ClearSolutions.code_stub = {{"python": "# YOUR CODE HERE\\nraise NotImplementedError()"}}
+{settings}
 # nbgrader's default cell timeout (30 s) is kept on purpose: the course is built to grade under it.
 '''
 
@@ -42,6 +59,14 @@ class GradingError(RuntimeError):
 
 def notebook_ids(root: Path = ROOT) -> list[str]:
     return [nb_id for nb_id, _ in source_notebooks(root)]
+
+
+def earlier_notebooks(nb_id: str, root: Path = ROOT) -> list[str]:
+    """The notebooks whose reference code a release of ``nb_id`` carries in ``minirlhf/``: those before it.
+
+    So a class gets notebook k's folder only after notebook k-1's deadline (``python -m autograder release``).
+    """
+    return [earlier for earlier in notebook_ids(root) if earlier < nb_id]
 
 
 def check_assignment(assignment: str, root: Path = ROOT) -> Path:
@@ -81,10 +106,12 @@ def run_nbgrader(course: Path, *args: str) -> str:
 # The trained models each notebook loads (helpers.artifacts names). They ship prebuilt beside the
 # notebook (``<id>/artifacts/``) so that students never wait and grading never trains.
 NOTEBOOK_ARTIFACTS: dict[str, tuple[str, ...]] = {
+    "01_tokenizer_gpt2": ("default_model",),  # its model demos, offline: the trained default model
     "02_sft": ("default_model",),
     "03_preference_data": ("default_model", "sft_model"),
     "04_reward_model": ("sft_model", "comparisons"),
     "05_value_head": ("sft_model", "reward_model"),
+    "06_gae": ("default_model", "sft_model", "reward_model"),  # its KL-shaped-reward demo on real samples
     "08_ppo_loop": ("sft_model", "reward_model"),
 }
 
@@ -103,18 +130,41 @@ def ship_artifacts(dest: Path, nb_id: str, *, full: bool) -> None:
 def build_course(course: Path, assignments: list[str], root: Path = ROOT, *, full_artifacts: bool = False) -> Path:
     """Lay out an nbgrader course for ``assignments`` in the (new or empty) folder ``course``."""
     course.mkdir(parents=True, exist_ok=True)
-    (course / "nbgrader_config.py").write_text(CONFIG_TEMPLATE.format(root=str(course)), encoding="utf-8")
-    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints")
+    settings = "\n".join(f"c.{key} = {value!r}" for key, value in NBGRADER_SETTINGS.items())
+    (course / "nbgrader_config.py").write_text(CONFIG_TEMPLATE.format(root=str(course), settings=settings),
+                                               encoding="utf-8")
     for nb_id in assignments:
         src_nb = check_assignment(nb_id, root)
         dest = course / "source" / nb_id
         dest.mkdir(parents=True, exist_ok=True)
         shutil.copy(src_nb, dest / src_nb.name)
-        shutil.copytree(root / "helpers", dest / "helpers", ignore=ignore, dirs_exist_ok=True)
-        if any(earlier < nb_id for earlier in notebook_ids(root)):
-            export(root, dest, before=nb_id)
-        ship_artifacts(dest, nb_id, full=full_artifacts)
+        stage_assignment(dest, nb_id, root, full_artifacts=full_artifacts)
     return course
+
+
+COURSE_FILES = ("helpers", "minirlhf", "artifacts")  # what a release holds beside the notebook
+
+
+def stage_assignment(dest: Path, nb_id: str, root: Path = ROOT, *, full_artifacts: bool, replace: bool = False) -> Path:
+    """Put into ``dest`` what goes beside notebook ``nb_id``: the one definition of a release's files.
+
+    ``helpers/`` (no solutions), ``minirlhf/`` with the reference code of the notebooks before ``nb_id`` only,
+    and ``artifacts/`` (tiny models always, full ones if asked). ``replace`` first removes any copies already
+    there (a student's, in a graded folder). :func:`build_course` calls it for ``python -m autograder
+    release/grade``; the repository's ``nbgrader_config.py`` calls it through ``autograder.nbgrader_course``.
+    """
+    if replace:
+        for name in COURSE_FILES:
+            if (dest / name).is_symlink() or (dest / name).is_file():
+                (dest / name).unlink()
+            elif (dest / name).exists():
+                shutil.rmtree(dest / name)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints")
+    shutil.copytree(root / "helpers", dest / "helpers", ignore=ignore, dirs_exist_ok=True)
+    if earlier_notebooks(nb_id, root):
+        export(root, dest, before=nb_id)
+    ship_artifacts(dest, nb_id, full=full_artifacts)
+    return dest
 
 
 def generate_assignment(course: Path, assignment: str) -> Path:
