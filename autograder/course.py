@@ -111,7 +111,6 @@ NOTEBOOK_ARTIFACTS: dict[str, tuple[str, ...]] = {
     "03_preference_data": ("default_model", "sft_model"),
     "04_reward_model": ("sft_model", "comparisons"),
     "05_value_head": ("sft_model", "reward_model"),
-    "06_gae": ("default_model", "sft_model", "reward_model"),  # its KL-shaped-reward demo on real samples
     "08_ppo_loop": ("sft_model", "reward_model"),
 }
 
